@@ -1,0 +1,48 @@
+# Embudo: `make dev` runs everything locally, `make test` proves it. See README.md.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+LOCAL := deploy/local
+
+.PHONY: install infra-up infra-down dev stop test lint bench demo logs
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+infra-up:
+	$(LOCAL)/postgres.sh start
+	$(LOCAL)/kafka.sh start
+
+infra-down:
+	$(LOCAL)/kafka.sh stop
+	$(LOCAL)/postgres.sh stop
+
+## Kafka, Postgres and the four services in the background; logs in .run/logs/.
+dev: install infra-up
+	$(LOCAL)/services.sh start
+
+## Stops the services, then the broker and the database.
+stop:
+	$(LOCAL)/services.sh stop
+	$(MAKE) infra-down
+
+## Every test, integration and end-to-end included, against the real broker and database.
+test: install infra-up
+	$(LOCAL)/browser.sh install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+## Benchmarks on this machine; numbers go to docs/benchmarks.md.
+bench: install infra-up
+	$(PY) -m tests.bench.run
+
+## Believable demo traffic through the public APIs of the running stack (`make dev` first).
+demo: install
+	$(PY) -m deploy.demo $(DEMO_ARGS)

@@ -1,0 +1,1 @@
+"""Embudo's common library: event schemas, topics, Kafka and Postgres plumbing, HTTP helpers."""

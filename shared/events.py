@@ -1,0 +1,299 @@
+"""Event envelope and the schema of every event Embudo publishes.
+
+An event on the wire is one JSON envelope (CloudEvents-like). Its `data` is validated
+against the model registered for its `type`; events written with an older `version`
+are upcast first, so handlers only ever see the current shape. Published events are
+never rewritten: a breaking change gets a new version plus an upcaster.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
+
+
+def to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+# Every timestamp Embudo stores or publishes is timezone-aware and normalised to UTC.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
+# Money travels as a decimal string ("12.50"), never a float.
+Amount = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+class EventData(BaseModel):
+    """Base of every event payload. Subclasses declare their type name and version."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    event_type: ClassVar[str]
+    version: ClassVar[int] = 1
+
+
+# --- ingest -------------------------------------------------------------------------
+
+
+class Utm(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: str | None = Field(default=None, max_length=200)
+    medium: str | None = Field(default=None, max_length=200)
+    campaign: str | None = Field(default=None, max_length=200)
+    term: str | None = Field(default=None, max_length=200)
+    content: str | None = Field(default=None, max_length=200)
+
+
+class FormSubmission(EventData):
+    event_type: ClassVar[str] = "form_submission"
+    form_id: str
+    email: str  # passed on as the visitor typed it; leads normalises
+    name: str | None = None
+    company: str | None = None
+    phone: str | None = None
+    page_url: str | None = None
+    referrer: str | None = None
+    anonymous_id: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    utm: Utm = Field(default_factory=Utm)
+
+
+class Money(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    amount: Amount
+    currency: str
+
+
+class CampaignEvent(EventData):
+    event_type: ClassVar[str] = "campaign_event"
+    campaign_id: str
+    channel: str
+    event: Literal["impression", "click", "spend"]
+    count: int = 1
+    cost: Money | None = None
+
+
+# --- leads --------------------------------------------------------------------------
+
+
+class Touch(BaseModel):
+    """One marketing contact: where a submission came from."""
+
+    model_config = ConfigDict(frozen=True)
+    campaign_id: str | None = None  # = utm.campaign
+    channel: str | None = None  # = utm.medium
+    source: str | None = None
+    term: str | None = None
+    content: str | None = None
+    form_id: str | None = None
+    page_url: str | None = None
+    occurred_at: UtcDatetime
+
+
+class Attribution(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    first_touch: Touch
+    last_touch: Touch
+
+
+LeadStage = Literal["lead", "mql", "sql", "disqualified"]
+
+
+class LeadCreated(EventData):
+    event_type: ClassVar[str] = "lead.created"
+    lead_id: uuid.UUID
+    email: str
+    stage: LeadStage = "lead"
+    score: int = 0
+    created_at: UtcDatetime
+    attribution: Attribution
+
+
+class LeadTouched(EventData):
+    event_type: ClassVar[str] = "lead.touched"
+    lead_id: uuid.UUID
+    email: str
+    touch: Touch
+    score: int
+    # An older submission arriving late can move created_at and the first touch back.
+    created_at: UtcDatetime
+    attribution: Attribution
+
+
+class LeadStageChanged(EventData):
+    event_type: ClassVar[str] = "lead.stage_changed"
+    lead_id: uuid.UUID
+    from_stage: LeadStage = Field(alias="from")
+    to_stage: LeadStage = Field(alias="to")
+    reason: str | None = None
+    occurred_at: UtcDatetime
+    created_at: UtcDatetime
+    attribution: Attribution
+
+
+# --- sales --------------------------------------------------------------------------
+
+DealStage = Literal["qualification", "proposal", "negotiation", "won", "lost"]
+
+
+class DealEventData(EventData):
+    """Every deal event names its lead and carries the lead's attribution, so metrics
+    never joins across services."""
+
+    deal_id: uuid.UUID
+    lead_id: uuid.UUID
+    lead_created_at: UtcDatetime
+    attribution: Attribution
+
+
+class DealCreated(DealEventData):
+    event_type: ClassVar[str] = "deal.created"
+    name: str | None = None
+    stage: DealStage
+    amount: Amount | None = None
+    currency: str
+    created_at: UtcDatetime
+
+
+class DealStageChanged(DealEventData):
+    event_type: ClassVar[str] = "deal.stage_changed"
+    from_stage: DealStage = Field(alias="from")
+    to_stage: DealStage = Field(alias="to")
+    probability: float | None = None
+    occurred_at: UtcDatetime
+
+
+class DealWon(DealEventData):
+    event_type: ClassVar[str] = "deal.won"
+    amount: Amount
+    currency: str
+    occurred_at: UtcDatetime
+    first_win: bool  # the lead's first won deal: it became a new customer here
+
+
+class DealLost(DealEventData):
+    event_type: ClassVar[str] = "deal.lost"
+    reason: str
+    objections: list[str] = Field(default_factory=list)
+    occurred_at: UtcDatetime
+
+
+class CustomerRevenueRecorded(EventData):
+    event_type: ClassVar[str] = "customer.revenue_recorded"
+    revenue_id: uuid.UUID
+    lead_id: uuid.UUID
+    amount: Amount
+    currency: str
+    kind: Literal["purchase", "renewal", "upsell"]
+    occurred_at: UtcDatetime
+    attribution: Attribution
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    cls.event_type: cls
+    for cls in (
+        FormSubmission,
+        CampaignEvent,
+        LeadCreated,
+        LeadTouched,
+        LeadStageChanged,
+        DealCreated,
+        DealStageChanged,
+        DealWon,
+        DealLost,
+        CustomerRevenueRecorded,
+    )
+}
+
+# (event type, version it upgrades from) -> function turning that version's data into the next's.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    def register(fn: Upcaster) -> Upcaster:
+        UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return register
+
+
+class UnknownEventType(ValueError):
+    pass
+
+
+def upcast(event_type: str, version: int, data: dict[str, Any]) -> dict[str, Any]:
+    current = EVENT_TYPES[event_type].version
+    while version < current:
+        data = UPCASTERS[(event_type, version)](data)
+        version += 1
+    return data
+
+
+class Envelope(BaseModel):
+    """The metadata every event carries around its typed `data`."""
+
+    model_config = ConfigDict(frozen=True)
+    event_id: uuid.UUID
+    type: str
+    version: int
+    source: str
+    occurred_at: UtcDatetime
+    recorded_at: UtcDatetime
+    key: str
+    data: Any  # an EventData instance once decoded
+
+    @classmethod
+    def wrap(
+        cls,
+        data: EventData,
+        *,
+        source: str,
+        key: str,
+        occurred_at: datetime,
+        event_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        return cls(
+            event_id=event_id or uuid.uuid4(),
+            type=data.event_type,
+            version=data.version,
+            source=source,
+            occurred_at=occurred_at,
+            recorded_at=utcnow(),
+            key=key,
+            data=data,
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Envelope:
+        """Parse, upcast and validate. Raises ValueError (pydantic's ValidationError is
+        one) or UnknownEventType for anything that is not a valid Embudo event."""
+        envelope = cls.model_validate_json(raw)
+        model = EVENT_TYPES.get(envelope.type)
+        if model is None:
+            raise UnknownEventType(f"unknown event type {envelope.type!r}")
+        if not isinstance(envelope.data, dict):
+            raise ValueError("event data must be an object")
+        data = upcast(envelope.type, envelope.version, envelope.data)
+        return envelope.model_copy(update={"data": model.model_validate(data), "version": model.version})

@@ -1,0 +1,100 @@
+"""Every Kafka topic Embudo uses: its name, what keys it (and so what stays in order), its size.
+
+Topics are created explicitly by `ensure_topics` (the broker's auto-create is off), so
+partition counts are decided here, not by whichever client touches a topic first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    keyed_by: str
+    partitions: int
+    event_types: tuple[str, ...]
+
+
+FORM_SUBMISSIONS = Topic(
+    "embudo.ingest.form-submissions.v1",
+    keyed_by="normalised email (one person's submissions stay in order)",
+    partitions=6,
+    event_types=("form_submission",),
+)
+CAMPAIGN_EVENTS = Topic(
+    "embudo.ingest.campaign-events.v1",
+    keyed_by="campaign_id",
+    partitions=6,
+    event_types=("campaign_event",),
+)
+LEAD_EVENTS = Topic(
+    "embudo.leads.lead-events.v1",
+    keyed_by="lead_id (a lead's creation, touches and stage changes stay in order)",
+    partitions=6,
+    event_types=("lead.created", "lead.touched", "lead.stage_changed"),
+)
+DEAL_EVENTS = Topic(
+    "embudo.sales.deal-events.v1",
+    keyed_by="lead_id (a customer's deals and revenue stay in order)",
+    partitions=6,
+    event_types=(
+        "deal.created",
+        "deal.stage_changed",
+        "deal.won",
+        "deal.lost",
+        "customer.revenue_recorded",
+    ),
+)
+
+
+def dead_letter_topic(consumer_group: str) -> Topic:
+    """Each consuming service parks the messages it cannot process on its own DLQ."""
+    return Topic(
+        f"embudo.{consumer_group}.dlq.v1",
+        keyed_by="the original message's key",
+        partitions=1,
+        event_types=(),
+    )
+
+
+CONSUMER_GROUPS = ("leads", "sales", "metrics")
+EVENT_TOPICS = (FORM_SUBMISSIONS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS)
+ALL_TOPICS = EVENT_TOPICS + tuple(dead_letter_topic(group) for group in CONSUMER_GROUPS)
+
+
+def topic_for_event_type(event_type: str) -> Topic:
+    for topic in EVENT_TOPICS:
+        if event_type in topic.event_types:
+            return topic
+    raise KeyError(event_type)
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: tuple[Topic, ...] = ALL_TOPICS,
+    *,
+    replication_factor: int = 1,
+    prefix: str = "",
+) -> None:
+    """Create any missing topic; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="embudo-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name=prefix + t.name, num_partitions=t.partitions, replication_factor=replication_factor)
+            for t in topics
+            if prefix + t.name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another service created it first
+    finally:
+        await admin.close()

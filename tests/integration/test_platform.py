@@ -1,0 +1,222 @@
+"""The shared plumbing against the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from shared.consumer import EventConsumer
+from shared.db import apply_migrations, create_pool
+from shared.events import CampaignEvent, Envelope, FormSubmission, Utm
+from shared.kafka import EventProducer
+from shared.outbox import OutboxRelay
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic, dead_letter_topic
+from shared.uow import UnitOfWork, unit_of_work
+
+pytestmark = pytest.mark.integration
+
+
+def submission(email: str = "Ana@Example.com", **overrides) -> Envelope:
+    data = FormSubmission(form_id="demo", email=email, utm=Utm(source="google", medium="cpc", campaign="c1"))
+    return Envelope.wrap(data, source="test", key=email.lower(), occurred_at=datetime.now(UTC), **overrides)
+
+
+@pytest.fixture
+async def producer(topics: str):
+    p = EventProducer(topics, client_id="test", send_timeout=10)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+def effects_migrations(tmp_path: Path) -> Path:
+    folder = tmp_path / "testsvc" / "migrations"
+    folder.mkdir(parents=True)
+    (folder / "001_effects.sql").write_text(
+        "CREATE TABLE effects (event_id uuid NOT NULL, email text NOT NULL);"
+    )
+    return folder
+
+
+@pytest.fixture
+async def dsn(new_database) -> str:
+    return await new_database()
+
+
+@pytest.fixture
+async def pool(dsn, effects_migrations):
+    p = await create_pool(dsn)
+    await apply_migrations(p, effects_migrations)
+    yield p
+    await p.close()
+
+
+async def test_envelope_round_trip_through_a_real_topic(producer, topic_reader):
+    reader = await topic_reader(FORM_SUBMISSIONS.name)
+    sent = submission()
+    await producer.publish(FORM_SUBMISSIONS, sent)
+
+    [received] = await reader.events(1)
+    assert received == sent
+    assert isinstance(received.data, FormSubmission)
+    assert received.data.utm.campaign == "c1"
+    assert received.occurred_at.tzinfo is not None
+
+
+async def test_migrations_are_idempotent(new_database, effects_migrations):
+    p = await create_pool(await new_database())
+    try:
+        first = await apply_migrations(p, effects_migrations)
+        second = await apply_migrations(p, effects_migrations)
+        assert "testsvc/001_effects" in first and "shared/001_outbox_and_processed_events" in first
+        assert second == []
+    finally:
+        await p.close()
+
+
+def record_effect(calls: list[uuid.UUID]):
+    async def handle(event: Envelope, uow: UnitOfWork) -> None:
+        calls.append(event.event_id)
+        await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data.email)
+
+    return handle
+
+
+async def run_consumer_until(consumer: EventConsumer, condition, timeout: float = 30.0) -> None:
+    task = asyncio.create_task(consumer.run())
+    try:
+        async def wait() -> None:
+            while not await condition():
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(wait(), timeout)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def unique_topic(name: str) -> Topic:
+    return Topic(f"test.{name}.{uuid.uuid4().hex[:8]}", keyed_by="test", partitions=1, event_types=())
+
+
+async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool):
+    from shared.topics import ensure_topics
+
+    topic = unique_topic("dedupe")
+    await ensure_topics(topics, (topic,))
+    event = submission()
+    # The same event twice (a client retry), plus a second one: two effects, not three.
+    other = submission("bo@example.com")
+    await producer.publish_many(topic, [event, event, other])
+
+    calls: list[uuid.UUID] = []
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    consumer = EventConsumer(
+        group=group, topics=[topic], handlers={"form_submission": record_effect(calls)},
+        pool=pool, producer=producer, bootstrap_servers=topics,
+    )
+
+    async def two_effects() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM effects") >= 2
+
+    await run_consumer_until(consumer, two_effects)
+    # Replay from the beginning with a new group: everything is recognised as processed.
+    replay = EventConsumer(
+        group=f"{group}-replay", topics=[topic], handlers={"form_submission": record_effect(calls)},
+        pool=pool, producer=producer, bootstrap_servers=topics,
+    )
+
+    async def all_seen() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM processed_events") == 2 and len(calls) >= 2
+
+    await run_consumer_until(replay, all_seen)
+    await asyncio.sleep(1)  # give a wrongful second application the chance to show
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 2
+    assert sorted(calls) == sorted([event.event_id, other.event_id])
+
+
+async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
+    topics, producer, pool, topic_reader
+):
+    from shared.topics import ensure_topics
+
+    topic = unique_topic("poison")
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    dlq = dead_letter_topic(group)
+    await ensure_topics(topics, (topic, dlq))
+    dlq_reader = await topic_reader(dlq.name)
+
+    good = submission("good@example.com")
+    failing = submission("fails@example.com")
+    await producer.publish_raw(topic.name, [(b"k", b"{not json")])
+    await producer.publish_many(topic, [failing, good])
+
+    async def handle(event: Envelope, uow: UnitOfWork) -> None:
+        if event.data.email.startswith("fails"):
+            raise ValueError("this lead cannot be handled")
+        await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data.email)
+
+    consumer = EventConsumer(
+        group=group, topics=[topic], handlers={"form_submission": handle},
+        pool=pool, producer=producer, bootstrap_servers=topics, max_attempts=3,
+    )
+
+    async def good_applied() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM effects WHERE email = 'good@example.com'") == 1
+
+    await run_consumer_until(consumer, good_applied)
+    parked = await dlq_reader.read_until(lambda r: len(r) >= 2)
+    unparseable, handler_failure = sorted(parked, key=lambda r: dict(r.headers)["offset"])
+    headers = dict(handler_failure.headers)
+    assert headers["source_topic"] == topic.name.encode()
+    assert headers["partition"] == b"0"
+    assert headers["offset"] == b"1"
+    assert headers["attempts"] == b"3"
+    assert b"this lead cannot be handled" in headers["error"]
+    assert Envelope.from_bytes(handler_failure.value).event_id == failing.event_id
+    assert unparseable.value == b"{not json"
+    assert dict(unparseable.headers)["attempts"] == b"1"
+    # The failed event's partial effects were rolled back.
+    assert await pool.fetchval("SELECT count(*) FROM effects WHERE email LIKE 'fails%'") == 0
+
+
+async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool, dsn, topic_reader):
+    reader = await topic_reader(CAMPAIGN_EVENTS.name)
+    committed = [
+        Envelope.wrap(
+            CampaignEvent(campaign_id=f"outbox-{uuid.uuid4().hex[:6]}", channel="cpc", event="click", count=i + 1),
+            source="test", key="c", occurred_at=datetime.now(UTC),
+        )
+        for i in range(3)
+    ]
+    async with unit_of_work(pool) as uow:
+        for event in committed:
+            await uow.publish(CAMPAIGN_EVENTS, event)
+
+    rolled_back = Envelope.wrap(
+        CampaignEvent(campaign_id="never", channel="cpc", event="click"),
+        source="test", key="c", occurred_at=datetime.now(UTC),
+    )
+    with pytest.raises(RuntimeError):
+        async with unit_of_work(pool) as uow:
+            await uow.publish(CAMPAIGN_EVENTS, rolled_back)
+            raise RuntimeError("the state change failed")
+
+    relay = OutboxRelay(pool, producer, dsn, poll_interval=0.2)
+    task = asyncio.create_task(relay.run())
+    try:
+        received = await reader.events(3)
+        extra = await reader.quiet(1.5)  # nothing more: no rolled-back row, no double send
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [e.event_id for e in received] == [e.event_id for e in committed]
+    assert len(extra) == 3
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
