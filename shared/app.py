@@ -106,9 +106,10 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 replication_factor=settings.kafka_replication_factor,
                 prefix=settings.topic_prefix,
             )
-            async with asyncio.TaskGroup() as group:
+            # Not named `group`: that is the consumer group, used above (UnboundLocalError).
+            async with asyncio.TaskGroup() as tasks:
                 for work in workers:
-                    group.create_task(work())
+                    tasks.create_task(work())
 
         background = asyncio.create_task(supervised(f"{spec.name}-kafka", kafka_side))
         log.info("service started", extra={"service": spec.name})
