@@ -1,0 +1,1 @@
+"""The leads service: form submissions become leads with attribution, a score and a lifecycle."""

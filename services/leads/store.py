@@ -1,0 +1,168 @@
+"""The leads service's SQL. Plain functions over an asyncpg connection."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from shared.events import Touch
+
+from .domain import LeadFacts, Submission
+
+TOUCH_COLUMNS = "occurred_at, form_id, campaign_id, channel, source, term, content, page_url"
+
+
+async def insert_lead_if_new(conn: asyncpg.Connection, email: str, first: Submission) -> uuid.UUID | None:
+    """Create the lead for `email` unless it exists; returns the new id, or None.
+    ON CONFLICT makes two concurrent first submissions of one email create one lead."""
+    touch = first.touch.model_dump(mode="json")
+    return await conn.fetchval(
+        """INSERT INTO leads (id, email, created_at, first_touch, last_touch)
+           VALUES ($1, $2, $3, $4, $4)
+           ON CONFLICT (email) DO NOTHING
+           RETURNING id""",
+        uuid.uuid4(), email, first.occurred_at, touch,
+    )
+
+
+async def lock_lead_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record:
+    return await conn.fetchrow("SELECT * FROM leads WHERE email = $1 FOR UPDATE", email)
+
+
+async def lock_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> asyncpg.Record | None:
+    """The lead, row-locked until the transaction ends: touches and stage changes of one
+    lead take turns, so their outbox rows are written in the order they happened."""
+    return await conn.fetchrow("SELECT * FROM leads WHERE id = $1 FOR UPDATE", lead_id)
+
+
+async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submission) -> None:
+    t = sub.touch
+    await conn.execute(
+        f"""INSERT INTO touches (lead_id, event_id, {TOUCH_COLUMNS}, name, company, phone, fields)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+        lead_id, sub.event_id, t.occurred_at, t.form_id, t.campaign_id, t.channel, t.source, t.term,
+        t.content, t.page_url, sub.name, sub.company, sub.phone, sub.fields,
+    )
+
+
+def _touch(row: asyncpg.Record) -> Touch:
+    return Touch(**{c.strip(): row[c.strip()] for c in TOUCH_COLUMNS.split(",")})
+
+
+async def lead_submissions(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[Submission]:
+    rows = await conn.fetch(
+        f"SELECT event_id, {TOUCH_COLUMNS}, name, company, phone, fields FROM touches WHERE lead_id = $1",
+        lead_id,
+    )
+    return [
+        Submission(
+            event_id=r["event_id"], touch=_touch(r), name=r["name"], company=r["company"],
+            phone=r["phone"], fields=r["fields"],
+        )
+        for r in rows
+    ]
+
+
+async def touches(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[Touch]:
+    rows = await conn.fetch(
+        f"SELECT {TOUCH_COLUMNS} FROM touches WHERE lead_id = $1 ORDER BY occurred_at, event_id::text",
+        lead_id,
+    )
+    return [_touch(r) for r in rows]
+
+
+async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFacts) -> asyncpg.Record:
+    """Store what the submissions say; the creation row of the history follows created_at."""
+    row = await conn.fetchrow(
+        """UPDATE leads SET created_at = $2, name = $3, company = $4, phone = $5, fields = $6,
+                  score = $7, first_touch = $8, last_touch = $9, touch_count = $10, updated_at = now()
+           WHERE id = $1
+           RETURNING *""",
+        lead_id, facts.created_at, facts.profile.name, facts.profile.company, facts.profile.phone,
+        facts.profile.fields, facts.score,
+        facts.attribution.first_touch.model_dump(mode="json"),
+        facts.attribution.last_touch.model_dump(mode="json"),
+        facts.touch_count,
+    )
+    await conn.execute(
+        "UPDATE stage_history SET occurred_at = $2 WHERE lead_id = $1 AND from_stage IS NULL",
+        lead_id, facts.created_at,
+    )
+    return row
+
+
+async def set_stage(
+    conn: asyncpg.Connection, lead_id: uuid.UUID, from_stage: str | None, to_stage: str,
+    reason: str | None, occurred_at: datetime,
+) -> asyncpg.Record:
+    await conn.execute(
+        """INSERT INTO stage_history (lead_id, from_stage, to_stage, reason, occurred_at)
+           VALUES ($1, $2, $3, $4, $5)""",
+        lead_id, from_stage, to_stage, reason, occurred_at,
+    )
+    return await conn.fetchrow(
+        "UPDATE leads SET stage = $2, updated_at = now() WHERE id = $1 RETURNING *", lead_id, to_stage
+    )
+
+
+async def last_stage_change_at(conn: asyncpg.Connection, lead_id: uuid.UUID) -> datetime | None:
+    return await conn.fetchval("SELECT max(occurred_at) FROM stage_history WHERE lead_id = $1", lead_id)
+
+
+async def stage_history(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT from_stage, to_stage, reason, occurred_at, recorded_at FROM stage_history
+           WHERE lead_id = $1 ORDER BY occurred_at, id""",
+        lead_id,
+    )
+
+
+async def get_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM leads WHERE id = $1", lead_id)
+
+
+@dataclass(frozen=True)
+class LeadFilter:
+    stage: str | None = None
+    campaign_id: str | None = None
+    channel: str | None = None
+    touch: str = "any"  # which touch campaign_id/channel match: first, last or any
+    email: str | None = None  # normalised
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+
+
+async def list_leads(
+    conn: asyncpg.Connection, where: LeadFilter, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    """One page in (created_at, id) order, starting after the keyset cursor `after`."""
+    conditions: list[str] = []
+    args: list[object] = []
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    for column, value in (("stage", where.stage), ("email", where.email)):
+        if value is not None:
+            conditions.append(f"{column} = {arg(value)}")
+    for key, value in (("campaign_id", where.campaign_id), ("channel", where.channel)):
+        if value is None:
+            continue
+        placeholder = arg(value)
+        first, last = f"first_touch ->> '{key}' = {placeholder}", f"last_touch ->> '{key}' = {placeholder}"
+        conditions.append({"first": first, "last": last}.get(where.touch, f"({first} OR {last})"))
+    if where.created_from is not None:
+        conditions.append(f"created_at >= {arg(where.created_from)}")
+    if where.created_to is not None:
+        conditions.append(f"created_at < {arg(where.created_to)}")
+    if after is not None:
+        conditions.append(f"(created_at, id) > ({arg(after[0])}, {arg(after[1])})")
+    sql = "SELECT * FROM leads"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    sql += f" ORDER BY created_at, id LIMIT {arg(limit)}"
+    return await conn.fetch(sql, *args)
