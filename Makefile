@@ -41,8 +41,8 @@ lint: install
 
 ## Benchmarks on this machine; numbers go to docs/benchmarks.md.
 bench: install infra-up
-	$(PY) -m tests.bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## Believable demo traffic through the public APIs of the running stack (`make dev` first).
 demo: install
-	$(PY) -m deploy.demo $(DEMO_ARGS)
+	$(PY) deploy/demo.py $(DEMO_ARGS)
