@@ -1,0 +1,212 @@
+"""The KPI rules: periods and buckets, how stages rank, and how raw counts and sums become
+the published KPIs (docs/kpis.md is the same text for people). No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+AttributionModel = Literal["first_touch", "last_touch"]
+Interval = Literal["day", "week", "month"]
+BreakdownBy = Literal["campaign", "channel"]
+
+DEFAULT_PERIOD = timedelta(days=30)
+
+# How far a lead got. Reaching a later stage counts as reaching every earlier one, and
+# `disqualified` reaches nothing further (a recycled lead climbs again from `lead`).
+STAGE_RANK = {"lead": 0, "disqualified": 0, "mql": 1, "sql": 2}
+
+
+class InvalidQuery(ValueError):
+    """A query parameter that cannot be served; `field` names it for the 422 answer."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def parse_instant(text: str, field: str) -> datetime:
+    """RFC 3339: a date (= that day's UTC midnight) or a datetime with an offset, in UTC."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(0), UTC)
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidQuery(field, "expected an RFC 3339 date (2025-01-31) or datetime with offset") from None
+    if parsed.tzinfo is None:
+        raise InvalidQuery(field, "a datetime needs an offset (Z or +hh:mm); naive times are ambiguous")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidQuery(field, "out of range") from None
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime  # inclusive
+    end: datetime  # exclusive
+
+
+def resolve_period(from_text: str | None, to_text: str | None, now: datetime) -> Period:
+    """Defaults: `to` = the end of today (UTC), `from` = 30 days before `to`. Whole days keep
+    the default stable all day long, so a polling dashboard gets 304s."""
+    end = parse_instant(to_text, "to") if to_text else _end_of_day(now)
+    try:
+        start = parse_instant(from_text, "from") if from_text else end - DEFAULT_PERIOD
+    except OverflowError:
+        raise InvalidQuery("to", "out of range") from None
+    if start >= end:
+        raise InvalidQuery("from", "`from` must be earlier than `to` (from is inclusive, to exclusive)")
+    return Period(start, end)
+
+
+def _end_of_day(now: datetime) -> datetime:
+    return datetime.combine(now.astimezone(UTC).date(), time(0), UTC) + timedelta(days=1)
+
+
+def _add_months(moment: datetime, months: int) -> datetime:
+    """The same day and time `months` later, clamped to the month's last day (Jan 31 → Feb 28)."""
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    last_day = calendar.monthrange(year, month)[1]
+    return moment.replace(year=year, month=month, day=min(moment.day, last_day))
+
+
+def bucket_periods(period: Period, interval: Interval, max_buckets: int) -> list[Period]:
+    """Consecutive buckets from `from`, one interval long; the last one ends at `to`."""
+    buckets: list[Period] = []
+    start = period.start
+    while start < period.end:
+        if len(buckets) == max_buckets:
+            raise InvalidQuery("interval", f"more than {max_buckets} buckets: choose a longer interval or period")
+        try:
+            if interval == "day":
+                next_start = start + timedelta(days=1)
+            elif interval == "week":
+                next_start = start + timedelta(weeks=1)
+            else:
+                next_start = _add_months(period.start, len(buckets) + 1)
+        except (OverflowError, ValueError):
+            next_start = period.end
+        buckets.append(Period(start, min(next_start, period.end)))
+        start = next_start
+    return buckets
+
+
+@dataclass(frozen=True)
+class Filters:
+    campaign_id: str | None = None
+    channel: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"campaign_id": self.campaign_id, "channel": self.channel}
+
+
+@dataclass
+class RawAggregates:
+    """What the store counts and sums for one group (a period, a bucket, a campaign...)."""
+
+    impressions: int = 0
+    clicks: int = 0
+    spend: Decimal = Decimal(0)
+    leads: int = 0
+    mql: int = 0
+    sql: int = 0
+    opportunity: int = 0
+    customer: int = 0
+    deals_won: int = 0
+    deals_lost: int = 0
+    won_revenue: Decimal = Decimal(0)
+    recorded_revenue: Decimal = Decimal(0)
+    new_customers: int = 0
+    new_customers_lifetime_revenue: Decimal = Decimal(0)
+    sales_cycle_average: float | None = None
+    sales_cycle_median: float | None = None
+
+
+FOUR_PLACES = Decimal("0.0001")
+CENTS = Decimal("0.01")
+
+
+def ratio(numerator: Decimal | int, denominator: Decimal | int) -> float | None:
+    """numerator / denominator rounded to 4 places; null when the denominator is 0."""
+    if not denominator:
+        return None
+    return float((Decimal(numerator) / Decimal(denominator)).quantize(FOUR_PLACES, ROUND_HALF_UP))
+
+
+def money(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount.quantize(CENTS, ROUND_HALF_UP))
+
+
+def rounded(value: float | Decimal | None) -> float | None:
+    return None if value is None else float(Decimal(str(value)).quantize(FOUR_PLACES, ROUND_HALF_UP))
+
+
+def kpis(raw: RawAggregates) -> dict[str, Any]:
+    """The KPI fields of one group, in the order of the public contract."""
+    revenue = raw.won_revenue + raw.recorded_revenue
+    cac = raw.spend / raw.new_customers if raw.new_customers else None
+    ltv = raw.new_customers_lifetime_revenue / raw.new_customers if raw.new_customers else None
+    click_to_lead = ratio(raw.leads, raw.clicks)
+    return {
+        "cac": money(cac),
+        "conversion_rate": click_to_lead,
+        "roi": ratio(revenue - raw.spend, raw.spend),
+        "leads_generated": raw.leads,
+        "close_rate": ratio(raw.customer, raw.leads),
+        "sales_cycle_days": {
+            "average": rounded(raw.sales_cycle_average),
+            "median": rounded(raw.sales_cycle_median),
+        },
+        "ltv": money(ltv),
+        "revenue": money(revenue),
+        "impressions": raw.impressions,
+        "clicks": raw.clicks,
+        "spend": money(raw.spend),
+        "funnel": {
+            "leads": raw.leads,
+            "mql": raw.mql,
+            "sql": raw.sql,
+            "opportunity": raw.opportunity,
+            "customer": raw.customer,
+        },
+        "conversion_rates": {
+            "click_to_lead": click_to_lead,
+            "lead_to_mql": ratio(raw.mql, raw.leads),
+            "mql_to_sql": ratio(raw.sql, raw.mql),
+            "sql_to_opportunity": ratio(raw.opportunity, raw.sql),
+            "opportunity_to_customer": ratio(raw.customer, raw.opportunity),
+            "lead_to_customer": ratio(raw.customer, raw.leads),
+        },
+        "deals_won": raw.deals_won,
+        "deals_lost": raw.deals_lost,
+        "win_rate": ratio(raw.deals_won, raw.deals_won + raw.deals_lost),
+        "new_customers": raw.new_customers,
+        # ltv / cac = (lifetime revenue / n) / (spend / n): computed unrounded; null when
+        # either is null or cac is 0 (no spend).
+        "ltv_to_cac": ratio(raw.new_customers_lifetime_revenue, raw.spend) if raw.new_customers else None,
+    }
+
+
+def etag(epoch: str, version: int, *query_parts: object) -> str:
+    """Weak ETag from the projection's state and the normalised query: it changes exactly
+    when an event is applied or the question changes, and needs no KPI computation."""
+    digest = hashlib.sha256(repr(query_parts).encode()).hexdigest()[:16]
+    return f'W/"{epoch[:8]}-{version}-{digest}"'
+
+
+def etag_matches(if_none_match: str | None, current: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    # Weak comparison (RFC 9110 §13.1.2): W/ prefixes are ignored.
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return current.removeprefix("W/") in candidates

@@ -1,0 +1,32 @@
+"""Metrics: projects campaign, lead and deal events into KPIs; serves the API and dashboard.
+
+`uvicorn --factory services.metrics.main:build_app --port 8004`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.metrics.api import install_dashboard, router
+from services.metrics.handlers import HANDLERS
+from services.metrics.settings import MetricsSettings
+from shared.app import ServiceSpec, create_app
+from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, LEAD_EVENTS
+
+
+def build_app(settings: MetricsSettings | None = None) -> FastAPI:
+    settings = settings or MetricsSettings()
+    settings.require("api_tokens")
+    return create_app(
+        ServiceSpec(
+            name="metrics",
+            settings=settings,
+            routers=[router],
+            migrations=Path(__file__).parent / "migrations",
+            consumes=[CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS],
+            handlers=HANDLERS,
+            extra_routes=install_dashboard,
+        )
+    )

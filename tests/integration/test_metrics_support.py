@@ -1,0 +1,178 @@
+"""Builders for the events metrics consumes, and a running metrics service (no tests here).
+
+Events are built the way leads and sales publish them: every lead event carries the lead's
+current created_at and attribution, every deal event the lead's id, created_at and attribution.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+from conftest import eventually, serve  # tests/conftest.py: on the path under pytest
+
+from services.metrics.main import build_app
+from services.metrics.settings import MetricsSettings
+from shared.events import (
+    Attribution,
+    CampaignEvent,
+    CustomerRevenueRecorded,
+    DealCreated,
+    DealLost,
+    DealStageChanged,
+    DealWon,
+    Envelope,
+    EventData,
+    LeadCreated,
+    LeadStageChanged,
+    LeadTouched,
+    Money,
+    Touch,
+)
+from shared.kafka import EventProducer
+from shared.topics import ALL_TOPICS, ensure_topics, topic_for_event_type
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def at(text: str) -> datetime:
+    """'2025-03-01' or '2025-03-01T12:00' in UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def wrap(data: EventData, key: uuid.UUID | str, occurred_at: datetime) -> Envelope:
+    return Envelope.wrap(data, source="test", key=str(key), occurred_at=occurred_at)
+
+
+@dataclass
+class Lead:
+    """A lead as leads publishes it. `touches` are (campaign_id, channel, occurred_at)."""
+
+    touches: list[tuple[str | None, str | None, datetime]]
+    lead_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @property
+    def created_at(self) -> datetime:
+        return min(t[2] for t in self.touches)
+
+    def attribution(self, touches: list | None = None) -> Attribution:
+        touches = touches or self.touches
+        first, last = min(touches, key=lambda t: t[2]), max(touches, key=lambda t: t[2])
+        return Attribution(
+            first_touch=Touch(campaign_id=first[0], channel=first[1], occurred_at=first[2]),
+            last_touch=Touch(campaign_id=last[0], channel=last[1], occurred_at=last[2]),
+        )
+
+    def created(self, stage: str = "lead", touches: list | None = None) -> Envelope:
+        """lead.created as of the given touches (default: all of them)."""
+        touches = touches or self.touches
+        created_at = min(t[2] for t in touches)
+        data = LeadCreated(lead_id=self.lead_id, email=f"{self.lead_id}@example.com", stage=stage,
+                           created_at=created_at, attribution=self.attribution(touches))  # fmt: skip
+        return wrap(data, self.lead_id, created_at)
+
+    def touched(self, touch: tuple[str | None, str | None, datetime], touches: list | None = None) -> Envelope:
+        """lead.touched for `touch`, carrying the attribution once `touches` are known."""
+        touches = touches or self.touches
+        data = LeadTouched(
+            lead_id=self.lead_id, email=f"{self.lead_id}@example.com", score=0,
+            touch=Touch(campaign_id=touch[0], channel=touch[1], occurred_at=touch[2]),
+            created_at=min(t[2] for t in touches), attribution=self.attribution(touches),
+        )  # fmt: skip
+        return wrap(data, self.lead_id, touch[2])
+
+    def stage(self, to: str, when: datetime, frm: str = "lead") -> Envelope:
+        data = LeadStageChanged.model_validate({
+            "lead_id": self.lead_id, "from": frm, "to": to, "occurred_at": when,
+            "created_at": self.created_at, "attribution": self.attribution(),
+        })  # fmt: skip
+        return wrap(data, self.lead_id, when)
+
+    def _deal(self, deal_id: uuid.UUID) -> dict:
+        return {"deal_id": deal_id, "lead_id": self.lead_id, "lead_created_at": self.created_at,
+                "attribution": self.attribution()}  # fmt: skip
+
+    def deal_created(self, deal_id: uuid.UUID, when: datetime) -> Envelope:
+        data = DealCreated(**self._deal(deal_id), stage="qualification", currency="EUR", created_at=when)
+        return wrap(data, self.lead_id, when)
+
+    def deal_moved(self, deal_id: uuid.UUID, when: datetime, to: str = "proposal") -> Envelope:
+        data = DealStageChanged.model_validate(
+            {**self._deal(deal_id), "from": "qualification", "to": to, "occurred_at": when}
+        )
+        return wrap(data, self.lead_id, when)
+
+    def won(self, deal_id: uuid.UUID, when: datetime, amount: str, first_win: bool = True) -> Envelope:
+        data = DealWon(**self._deal(deal_id), amount=Decimal(amount), currency="EUR", occurred_at=when,
+                       first_win=first_win)  # fmt: skip
+        return wrap(data, self.lead_id, when)
+
+    def lost(self, deal_id: uuid.UUID, when: datetime, reason: str, objections: Iterable[str] = ()) -> Envelope:
+        data = DealLost(**self._deal(deal_id), reason=reason, objections=list(objections), occurred_at=when)
+        return wrap(data, self.lead_id, when)
+
+    def revenue(self, when: datetime, amount: str, kind: str = "renewal") -> Envelope:
+        data = CustomerRevenueRecorded(revenue_id=uuid.uuid4(), lead_id=self.lead_id, amount=Decimal(amount),
+                                       currency="EUR", kind=kind, occurred_at=when,
+                                       attribution=self.attribution())  # fmt: skip
+        return wrap(data, self.lead_id, when)
+
+
+def campaign(campaign_id: str, channel: str, event: str, when: datetime, count: int = 1,
+             cost: str | None = None) -> Envelope:  # fmt: skip
+    data = CampaignEvent(campaign_id=campaign_id, channel=channel, event=event, count=count,
+                         cost=Money(amount=Decimal(cost), currency="EUR") if cost else None)  # fmt: skip
+    return wrap(data, campaign_id, when)
+
+
+async def publish(producer: EventProducer, events: Iterable[Envelope]) -> None:
+    """Each event to its topic, in the given order within a topic."""
+    by_topic: dict = {}
+    for event in events:
+        by_topic.setdefault(topic_for_event_type(event.type), []).append(event)
+    for topic, batch in by_topic.items():
+        await producer.publish_many(topic, batch)
+
+
+@dataclass
+class RunningMetrics:
+    client: httpx.AsyncClient
+    app: object
+    producer: EventProducer
+
+    async def send(self, events: list[Envelope], timeout: float = 30.0) -> None:
+        """Publish and wait until every one of these event_ids has been applied."""
+        await publish(self.producer, events)
+        ids = list({e.event_id for e in events})
+
+        async def all_applied() -> bool:
+            query = "SELECT count(*) FROM processed_events WHERE event_id = ANY($1::uuid[])"
+            return await self.app.state.pool.fetchval(query, ids) == len(ids)
+
+        await eventually(all_applied, timeout=timeout)
+
+    async def kpis(self, path: str = "/v1/kpis", **params) -> dict:
+        response = await self.client.get(path, params=params, headers=AUTH)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@asynccontextmanager
+async def running_metrics(make_settings, topic_prefix: str, **overrides) -> AsyncIterator[RunningMetrics]:
+    settings = await make_settings(MetricsSettings, **overrides)
+    await ensure_topics(settings.kafka_bootstrap_servers, ALL_TOPICS, prefix=topic_prefix)
+    app = build_app(settings)
+    producer = EventProducer(settings.kafka_bootstrap_servers, client_id="metrics-test", send_timeout=10,
+                             topic_prefix=topic_prefix)  # fmt: skip
+    await producer.start()
+    try:
+        async with serve(app) as client:
+            yield RunningMetrics(client, app, producer)
+    finally:
+        await producer.stop()
