@@ -100,8 +100,8 @@ async def get_deal(conn: asyncpg.Connection, deal_id: uuid.UUID, *, for_update: 
 async def change_stage(conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, to_stage: str,
                        occurred_at: datetime) -> None:
     await conn.execute(
-        """UPDATE deals SET stage = $2, stage_entered_at = $3, updated_at = now(),
-               closed_at = CASE WHEN $2 IN ('won', 'lost') THEN $3 END
+        """UPDATE deals SET stage = $2::text, stage_entered_at = $3::timestamptz, updated_at = now(),
+               closed_at = CASE WHEN $2::text IN ('won', 'lost') THEN $3::timestamptz END
            WHERE deal_id = $1""",
         deal_id, to_stage, occurred_at,
     )

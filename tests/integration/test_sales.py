@@ -1,0 +1,595 @@
+"""The sales service against the real broker and database: lead events in, deals and
+revenue through the API, deal events out through the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from services.sales.handlers import on_lead_stage_changed
+from services.sales.main import build_app
+from services.sales.settings import SalesSettings
+from shared.db import create_pool
+from shared.events import Attribution, Envelope, LeadCreated, LeadStageChanged, LeadTouched, Touch
+from shared.kafka import EventProducer
+from shared.topics import ALL_TOPICS, DEAL_EVENTS, LEAD_EVENTS, ensure_topics
+from shared.uow import unit_of_work
+from tests.conftest import eventually, serve
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"Authorization": "Bearer test-token"}
+DAY = timedelta(days=1)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def attribution(campaign: str = "spring", at: datetime | None = None, last_campaign: str | None = None):
+    at = at or now() - 30 * DAY
+    first = Touch(campaign_id=campaign, channel="cpc", source="google", form_id="demo", occurred_at=at)
+    last = Touch(campaign_id=last_campaign or campaign, channel="email", source="newsletter", occurred_at=at)
+    return Attribution(first_touch=first, last_touch=last)
+
+
+class Lead:
+    """One lead's events, as the leads service would publish them."""
+
+    def __init__(self, campaign: str = "spring", created_at: datetime | None = None) -> None:
+        self.lead_id = uuid.uuid4()
+        self.created_at = created_at or now() - 30 * DAY
+        self.attribution = attribution(campaign, self.created_at)
+
+    def envelope(self, data, occurred_at: datetime) -> Envelope:
+        return Envelope.wrap(data, source="leads", key=str(self.lead_id), occurred_at=occurred_at)
+
+    def created(self) -> Envelope:
+        data = LeadCreated(
+            lead_id=self.lead_id,
+            email=f"{self.lead_id.hex[:8]}@example.com",
+            created_at=self.created_at,
+            attribution=self.attribution,
+        )
+        return self.envelope(data, self.created_at)
+
+    def touched(self, campaign: str) -> Envelope:
+        touch = Touch(campaign_id=campaign, channel="social", occurred_at=now() - DAY)
+        self.attribution = Attribution(first_touch=self.attribution.first_touch, last_touch=touch)
+        data = LeadTouched(
+            lead_id=self.lead_id,
+            email=f"{self.lead_id.hex[:8]}@example.com",
+            touch=touch,
+            score=10,
+            created_at=self.created_at,
+            attribution=self.attribution,
+        )
+        return self.envelope(data, touch.occurred_at)
+
+    def moved(self, from_stage: str, to_stage: str, occurred_at: datetime | None = None) -> Envelope:
+        occurred_at = occurred_at or now() - 10 * DAY
+        data = LeadStageChanged(
+            lead_id=self.lead_id,
+            from_stage=from_stage,
+            to_stage=to_stage,
+            occurred_at=occurred_at,
+            created_at=self.created_at,
+            attribution=self.attribution,
+        )
+        return self.envelope(data, occurred_at)
+
+
+@pytest.fixture
+async def settings(make_settings, topic_prefix, topics) -> SalesSettings:
+    # The topics exist before any reader opens them (the service would create them too).
+    await ensure_topics(topics, ALL_TOPICS, prefix=topic_prefix)
+    # A group of its own per test (production uses "sales"): runs never share offsets.
+    return await make_settings(SalesSettings, consumer_group=f"sales-{topic_prefix.rstrip('.')}")
+
+
+@pytest.fixture
+async def client(settings):
+    async with serve(build_app(settings)) as http:
+        http.headers.update(AUTH)
+        yield http
+
+
+@pytest.fixture
+async def db(settings, client):
+    """A view into the service's own database, to check what the API cannot show."""
+    conn = await asyncpg.connect(settings.database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def leads_out(topics, topic_prefix):
+    producer = EventProducer(topics, client_id="test-leads", send_timeout=10, topic_prefix=topic_prefix)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+async def deal_events(topic_reader, topic_prefix, settings):
+    return await topic_reader(topic_prefix + DEAL_EVENTS.name)
+
+
+async def deals_of(client, lead: Lead, count: int = 1) -> list[dict]:
+    async def listed():
+        items = (await client.get("/v1/deals", params={"lead_id": str(lead.lead_id)})).json()["items"]
+        return items if len(items) >= count else None
+
+    return await eventually(listed)
+
+
+async def known(db, lead: Lead) -> None:
+    """Wait until the lead's events have reached the replica."""
+
+    async def replicated():
+        return await db.fetchval("SELECT true FROM leads WHERE lead_id = $1", lead.lead_id)
+
+    await eventually(replicated)
+
+
+async def deal_for(client, db, leads_out, **body) -> tuple[Lead, dict]:
+    lead = body.pop("lead", None) or Lead()
+    await leads_out.publish(LEAD_EVENTS, lead.created())
+    await known(db, lead)
+    response = await client.post("/v1/deals", json={"lead_id": str(lead.lead_id), **body})
+    assert response.status_code == 201, response.text
+    return lead, response.json()
+
+
+def of_type(events: list[Envelope], event_type: str) -> list[Envelope]:
+    return [e for e in events if e.type == event_type]
+
+
+# --- handoff ----------------------------------------------------------------------------
+
+
+async def test_sql_handoff_creates_one_deal_even_when_its_event_arrives_twice(
+    client, db, leads_out, deal_events
+):
+    lead = Lead()
+    to_sql = lead.moved("mql", "sql")
+    # The touch behind the copy (same key, same partition) shows when the copy has been consumed.
+    await leads_out.publish_many(
+        LEAD_EVENTS, [lead.created(), lead.moved("lead", "mql"), to_sql, to_sql, lead.touched("autumn")]
+    )
+
+    [deal] = await deals_of(client, lead)
+    [created] = await deal_events.events(1)
+    await eventually(
+        lambda: db.fetchval(
+            "SELECT attribution->'last_touch'->>'campaign_id' = 'autumn' FROM leads WHERE lead_id = $1",
+            lead.lead_id,
+        )
+    )
+    await deal_events.quiet()
+    assert len(deal_events.records) == 1
+    assert await db.fetchval("SELECT count(*) FROM deals") == 1
+
+    assert deal["stage"] == "qualification" and deal["probability"] == 0.2
+    assert deal["origin"] == "lead_handoff"
+    assert datetime.fromisoformat(deal["created_at"]) == to_sql.data.occurred_at
+    assert created.type == "deal.created" and created.key == str(lead.lead_id)
+    assert created.data.deal_id == uuid.UUID(deal["deal_id"])
+    assert created.data.lead_id == lead.lead_id
+    assert created.data.lead_created_at == lead.created_at
+    assert created.data.attribution.last_touch.campaign_id == "spring"  # as it was at the handoff
+    assert created.data.created_at == to_sql.data.occurred_at
+    assert created.data.stage == "qualification" and created.data.currency == "EUR"
+    assert await db.fetchval("SELECT stage FROM leads WHERE lead_id = $1", lead.lead_id) == "sql"
+
+
+async def test_the_source_event_id_guards_the_handoff_even_past_processed_events(settings, client, db):
+    # Straight to the handler twice, as if processed_events had lost its row: still one deal.
+    lead = Lead()
+    to_sql = lead.moved("mql", "sql")
+    pool = await create_pool(settings.database_url)
+    try:
+        for _ in range(2):
+            async with unit_of_work(pool) as uow:
+                await on_lead_stage_changed(to_sql, uow, currency="EUR")
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM deals WHERE source_event_id = $1", to_sql.event_id) == 1
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE payload->>'type' = 'deal.created'") == 1
+
+
+async def test_a_recycled_lead_that_reaches_sql_again_gets_a_new_deal(client, leads_out, deal_events):
+    lead = Lead()
+    await leads_out.publish_many(
+        LEAD_EVENTS,
+        [
+            lead.created(),
+            lead.moved("mql", "sql", now() - 20 * DAY),
+            lead.moved("sql", "disqualified", now() - 15 * DAY),
+            lead.moved("disqualified", "mql", now() - 10 * DAY),
+            lead.moved("mql", "sql", now() - 5 * DAY),
+        ],
+    )
+    deals = await deals_of(client, lead, count=2)
+    events = await deal_events.events(2)
+    assert len({d["deal_id"] for d in deals}) == 2
+    assert [e.type for e in events] == ["deal.created", "deal.created"]
+
+
+async def test_deal_events_carry_the_lead_attribution_as_it_is_now(client, db, leads_out, deal_events):
+    lead = Lead(campaign="spring")
+    await leads_out.publish_many(LEAD_EVENTS, [lead.created(), lead.touched("autumn")])
+
+    async def touched():
+        return await db.fetchval(
+            "SELECT attribution->'last_touch'->>'campaign_id' = 'autumn' FROM leads WHERE lead_id = $1",
+            lead.lead_id,
+        )
+
+    await eventually(touched)
+    response = await client.post("/v1/deals", json={"lead_id": str(lead.lead_id)})
+    [created] = await deal_events.events(1)
+    assert response.status_code == 201
+    assert created.data.attribution.first_touch.campaign_id == "spring"
+    assert created.data.attribution.last_touch.campaign_id == "autumn"
+    assert (await db.fetchval("SELECT email FROM leads WHERE lead_id = $1", lead.lead_id)).endswith(
+        "example.com"
+    )
+
+
+# --- the pipeline -----------------------------------------------------------------------
+
+
+async def test_open_stages_move_both_ways_and_each_move_is_published_once(client, db, leads_out, deal_events):
+    lead, deal = await deal_for(client, db, leads_out, name="Acme pilot", amount="1200.50")
+    path = f"/v1/deals/{deal['deal_id']}"
+    moves = [("proposal", 0.5), ("negotiation", 0.8), ("proposal", 0.5)]
+    for stage, chance in moves:
+        response = await client.patch(path, json={"stage": stage})
+        assert response.status_code == 200, response.text
+        assert response.json()["stage"] == stage and response.json()["probability"] == chance
+
+    same = await client.patch(path, json={"stage": "proposal", "expected_close_date": "2030-01-31"})
+    assert same.status_code == 200  # a no-op for the stage, the date is still applied
+    assert same.json()["expected_close_date"] == "2030-01-31"
+
+    events = await deal_events.events(1 + len(moves))
+    await deal_events.quiet()
+    assert len(deal_events.records) == 1 + len(moves)  # nothing for the no-op
+    changes = of_type(events, "deal.stage_changed")
+    assert [(e.data.from_stage, e.data.to_stage, e.data.probability) for e in changes] == [
+        ("qualification", "proposal", 0.5),
+        ("proposal", "negotiation", 0.8),
+        ("negotiation", "proposal", 0.5),
+    ]
+    assert all(e.data.attribution == lead.attribution for e in changes)
+
+    detail = (await client.get(path)).json()
+    assert [(h["from"], h["to"]) for h in detail["history"]] == [
+        (None, "qualification"),
+        ("qualification", "proposal"),
+        ("proposal", "negotiation"),
+        ("negotiation", "proposal"),
+    ]
+    assert detail["amount"] == "1200.50" and detail["name"] == "Acme pilot"
+
+
+async def test_a_backfilled_stage_move_keeps_its_time_but_not_before_the_previous_one(client, db, leads_out):
+    _, deal = await deal_for(client, db, leads_out, occurred_at=(now() - 10 * DAY).isoformat())
+    path = f"/v1/deals/{deal['deal_id']}"
+    moved_at = now() - 5 * DAY
+    response = await client.patch(path, json={"stage": "proposal", "occurred_at": moved_at.isoformat()})
+    assert response.status_code == 200
+    assert datetime.fromisoformat(response.json()["stage_entered_at"]) == moved_at
+
+    earlier = await client.patch(
+        path, json={"stage": "negotiation", "occurred_at": (now() - 7 * DAY).isoformat()}
+    )
+    assert earlier.status_code == 422
+    assert "before the deal's last stage change" in earlier.json()["detail"]
+    assert (await client.get(path)).json()["stage"] == "proposal"
+
+
+async def test_won_and_lost_deals_are_immutable(client, db, leads_out, deal_events):
+    lead, won = await deal_for(client, db, leads_out)
+    _, lost = await deal_for(client, db, leads_out, lead=lead)
+    won_path, lost_path = f"/v1/deals/{won['deal_id']}", f"/v1/deals/{lost['deal_id']}"
+
+    won_response = await client.post(f"{won_path}/won", json={"amount": "5000", "currency": "EUR"})
+    assert won_response.status_code == 200
+    lost_response = await client.post(
+        f"{lost_path}/lost", json={"reason": "price", "objections": ["too expensive"]}
+    )
+    assert lost_response.status_code == 200
+    assert lost_response.json()["lost_reason"] == "price"
+    assert lost_response.json()["objections"] == ["too expensive"]
+
+    for path in (won_path, lost_path):
+        for method, suffix, body in [
+            ("PATCH", "", {"stage": "proposal"}),
+            ("PATCH", "", {"amount": "10"}),
+            ("POST", "/won", {"amount": "10"}),
+            ("POST", "/lost", {"reason": "changed our mind"}),
+        ]:
+            refused = await client.request(method, path + suffix, json=body)
+            assert refused.status_code == 409, (path, suffix, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+
+    # The refusals changed nothing.
+    assert (await client.get(won_path)).json() == won_response.json()
+    assert (await client.get(lost_path)).json() == lost_response.json()
+    final_won = won_response.json()
+    assert (
+        final_won["stage"] == "won" and final_won["amount"] == "5000.00" and final_won["probability"] == 1.0
+    )
+    assert [h["to"] for h in final_won["history"]] == ["qualification", "won"]
+
+    events = await deal_events.events(4)
+    await deal_events.quiet()
+    assert [e.type for e in events] == ["deal.created", "deal.created", "deal.won", "deal.lost"]
+    assert len(deal_events.records) == 4
+    won_event, lost_event = events[2].data, events[3].data
+    assert str(won_event.amount) == "5000.00" and won_event.first_win is True
+    assert lost_event.reason == "price" and lost_event.objections == ["too expensive"]
+
+
+async def test_only_the_first_won_deal_makes_a_new_customer(client, db, leads_out, deal_events):
+    lead, first = await deal_for(client, db, leads_out)
+    _, second = await deal_for(client, db, leads_out, lead=lead)
+    for deal in (first, second):
+        response = await client.post(f"/v1/deals/{deal['deal_id']}/won", json={"amount": 100})
+        assert response.status_code == 200
+    wins = of_type(await deal_events.events(4), "deal.won")
+    assert [(str(w.data.deal_id), w.data.first_win) for w in wins] == [
+        (first["deal_id"], True),
+        (second["deal_id"], False),
+    ]
+    customer = (await client.get(f"/v1/customers/{lead.lead_id}")).json()
+    assert customer["first_deal_id"] == first["deal_id"]
+    assert {d["deal_id"] for d in customer["won_deals"]} == {first["deal_id"], second["deal_id"]}
+
+
+# --- revenue ----------------------------------------------------------------------------
+
+
+async def test_revenue_needs_a_customer_and_records_an_event_id_once(client, db, leads_out, deal_events):
+    lead, deal = await deal_for(client, db, leads_out)
+    path = f"/v1/customers/{lead.lead_id}/revenue"
+    body = {"amount": "99.90", "currency": "EUR", "kind": "renewal", "event_id": str(uuid.uuid4())}
+
+    not_yet = await client.post(path, json=body)
+    assert not_yet.status_code == 409 and "no won deal" in not_yet.json()["detail"]
+    assert (await client.get(f"/v1/customers/{lead.lead_id}")).status_code == 404
+
+    await client.post(f"/v1/deals/{deal['deal_id']}/won", json={"amount": "1000"})
+    first = await client.post(path, json=body)
+    again = await client.post(path, json=body)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == first.json()
+    assert first.json()["revenue_id"] == body["event_id"] and first.json()["amount"] == "99.90"
+
+    reused = await client.post(path, json=body | {"amount": "5"})
+    assert reused.status_code == 409
+    without_id = {"amount": "10", "kind": "upsell"}
+    assert (await client.post(path, json=without_id)).status_code == 201
+    assert (await client.post(path, json=without_id)).status_code == 201  # no key: two records
+
+    events = await deal_events.events(5)
+    await deal_events.quiet()
+    revenue = of_type(events, "customer.revenue_recorded")
+    assert len(deal_events.records) == 5 and len(revenue) == 3
+    assert str(revenue[0].data.revenue_id) == body["event_id"]
+    assert str(revenue[0].data.amount) == "99.90" and revenue[0].data.kind == "renewal"
+    assert revenue[0].data.attribution == lead.attribution and revenue[0].key == str(lead.lead_id)
+
+    customer = (await client.get(f"/v1/customers/{lead.lead_id}")).json()
+    assert sorted(r["amount"] for r in customer["revenue"]) == ["10.00", "10.00", "99.90"]
+
+
+async def test_revenue_for_an_unknown_lead_is_404(client):
+    response = await client.post(
+        f"/v1/customers/{uuid.uuid4()}/revenue", json={"amount": "1", "kind": "purchase"}
+    )
+    assert response.status_code == 404
+
+
+# --- the outbox -------------------------------------------------------------------------
+
+
+async def test_every_committed_change_publishes_one_event_and_refused_ones_none(
+    client, db, leads_out, deal_events
+):
+    lead, deal = await deal_for(client, db, leads_out)
+    path = f"/v1/deals/{deal['deal_id']}"
+    requests = [
+        ("PATCH", path, {"stage": "proposal"}, 200),
+        ("PATCH", path, {"stage": "proposal", "currency": "USD"}, 422),
+        ("PATCH", path, {"stage": "negotiation", "occurred_at": (now() + DAY).isoformat()}, 422),
+        ("POST", f"{path}/won", {"amount": "0"}, 422),
+        ("POST", f"{path}/won", {"amount": "250.00"}, 200),
+        ("POST", f"{path}/lost", {"reason": "too late"}, 409),
+        ("POST", f"/v1/customers/{lead.lead_id}/revenue", {"amount": "1.005", "kind": "upsell"}, 422),
+        ("POST", f"/v1/customers/{lead.lead_id}/revenue", {"amount": "40", "kind": "upsell"}, 201),
+    ]
+    for method, url, body, status in requests:
+        response = await client.request(method, url, json=body)
+        assert response.status_code == status, (method, url, body, response.text)
+
+    expected = ["deal.created", "deal.stage_changed", "deal.won", "customer.revenue_recorded"]
+    events = await deal_events.events(len(expected))
+    await deal_events.quiet()
+    assert [e.type for e in events] == expected
+    assert len(deal_events.records) == len(expected)
+    assert len({e.event_id for e in events}) == len(expected)
+    await eventually(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox WHERE sent_at IS NULL"))
+    assert await db.fetchval("SELECT count(*) FROM outbox") == len(expected)
+
+
+# --- listing ----------------------------------------------------------------------------
+
+
+async def test_listing_pages_through_every_deal_once_and_filters(client, db, leads_out):
+    spring, autumn = Lead(campaign="spring"), Lead(campaign="autumn")
+    made = []
+    for lead in (spring, spring, spring, autumn, autumn):
+        made.append((await deal_for(client, db, leads_out, lead=lead))[1]["deal_id"])
+    await client.patch(f"/v1/deals/{made[0]}", json={"stage": "proposal"})
+
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/v1/deals", params=params)).json()
+        assert len(page["items"]) <= 2
+        seen += [d["deal_id"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(made))  # newest first, each once
+
+    async def ids(**params) -> set[str]:
+        return {d["deal_id"] for d in (await client.get("/v1/deals", params=params)).json()["items"]}
+
+    assert await ids(campaign_id="autumn") == set(made[3:])
+    assert await ids(lead_id=str(spring.lead_id)) == set(made[:3])
+    assert await ids(stage="proposal") == {made[0]}
+    assert await ids(stage="proposal", campaign_id="autumn") == set()
+
+
+# --- validation and auth ----------------------------------------------------------------
+
+
+async def test_every_invalid_input_is_a_clear_422_naming_its_field(client, db, leads_out):
+    lead, deal = await deal_for(client, db, leads_out, occurred_at=(now() - 5 * DAY).isoformat())
+    deal_path = f"/v1/deals/{deal['deal_id']}"
+    lead_id = str(lead.lead_id)
+    cases = [
+        ("POST", "/v1/deals", {}, "lead_id"),
+        ("POST", "/v1/deals", {"lead_id": "not-a-uuid"}, "lead_id"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "amount": "12.345"}, "amount"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "amount": "-5"}, "amount"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "amount": 1.5e300}, "amount"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "amount": "NaN"}, "amount"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "currency": "USD"}, "currency"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "stage": "won"}, "stage"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "stage": "closing"}, "stage"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "name": ""}, "name"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "amont": "5"}, "amont"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "occurred_at": "2025-01-01T10:00:00"}, "occurred_at"),
+        ("POST", "/v1/deals", {"lead_id": lead_id, "occurred_at": (now() + DAY).isoformat()}, "occurred_at"),
+        (
+            "POST",
+            "/v1/deals",
+            {"lead_id": lead_id, "occurred_at": (lead.created_at - DAY).isoformat()},
+            "occurred_at",
+        ),
+        ("PATCH", deal_path, {}, "stage"),
+        ("PATCH", deal_path, {"stage": "lost"}, "stage"),
+        ("PATCH", deal_path, {"amount": "0"}, "amount"),
+        ("PATCH", deal_path, {"amount": "1", "currency": "GBP"}, "currency"),
+        ("PATCH", deal_path, {"expected_close_date": "next week"}, "expected_close_date"),
+        (
+            "PATCH",
+            deal_path,
+            {"stage": "proposal", "occurred_at": (now() - 6 * DAY).isoformat()},
+            "occurred_at",
+        ),
+        ("PATCH", deal_path, {"stage": "proposal", "occurred_at": (now() + DAY).isoformat()}, "occurred_at"),
+        ("POST", f"{deal_path}/won", {}, "amount"),
+        ("POST", f"{deal_path}/won", {"amount": "0"}, "amount"),
+        ("POST", f"{deal_path}/won", {"amount": "10.001"}, "amount"),
+        ("POST", f"{deal_path}/won", {"amount": "10", "currency": "USD"}, "currency"),
+        ("POST", f"{deal_path}/won", {"amount": "10", "occurred_at": "2025-01-01T10:00:00"}, "occurred_at"),
+        (
+            "POST",
+            f"{deal_path}/won",
+            {"amount": "10", "occurred_at": (now() - 6 * DAY).isoformat()},
+            "occurred_at",
+        ),
+        ("POST", f"{deal_path}/lost", {}, "reason"),
+        ("POST", f"{deal_path}/lost", {"reason": "   "}, "reason"),
+        ("POST", f"{deal_path}/lost", {"reason": "price", "objections": "too expensive"}, "objections"),
+        ("POST", f"{deal_path}/lost", {"reason": "price", "objections": [""]}, "objections[0]"),
+        ("POST", f"/v1/customers/{lead_id}/revenue", {"amount": "5"}, "kind"),
+        ("POST", f"/v1/customers/{lead_id}/revenue", {"amount": "5", "kind": "refund"}, "kind"),
+        ("POST", f"/v1/customers/{lead_id}/revenue", {"kind": "purchase"}, "amount"),
+        (
+            "POST",
+            f"/v1/customers/{lead_id}/revenue",
+            {"amount": "5", "kind": "purchase", "currency": "USD"},
+            "currency",
+        ),
+        (
+            "POST",
+            f"/v1/customers/{lead_id}/revenue",
+            {"amount": "5", "kind": "purchase", "event_id": "x"},
+            "event_id",
+        ),
+        ("POST", "/v1/customers/not-a-uuid/revenue", {"amount": "5", "kind": "purchase"}, "lead_id"),
+        ("GET", "/v1/deals/not-a-uuid", None, "deal_id"),
+        ("PATCH", "/v1/deals/not-a-uuid", {"stage": "proposal"}, "deal_id"),
+        ("GET", "/v1/customers/not-a-uuid", None, "lead_id"),
+        ("GET", "/v1/deals?limit=0", None, "limit"),
+        ("GET", "/v1/deals?limit=1000", None, "limit"),
+        ("GET", "/v1/deals?stage=closing", None, "stage"),
+        ("GET", "/v1/deals?lead_id=42", None, "lead_id"),
+        ("GET", "/v1/deals?cursor=bm90LWEtY3Vyc29y", None, "cursor"),
+        ("GET", "/v1/deals?cursor=%%%", None, "cursor"),
+    ]
+    for method, url, body, field in cases:
+        response = await client.request(method, url, json=body)
+        assert response.status_code == 422, (method, url, body, response.text)
+        problem = response.json()
+        assert response.headers["content-type"] == "application/problem+json"
+        assert field in [e["field"] for e in problem["errors"]], (method, url, body, problem)
+    # Nothing above changed the deal.
+    assert (await client.get(deal_path)).json()["history"] == deal["history"]
+
+
+async def test_the_currency_error_names_the_expected_currency(client, db, leads_out):
+    lead, _ = await deal_for(client, db, leads_out)
+    response = await client.post("/v1/deals", json={"lead_id": str(lead.lead_id), "currency": "USD"})
+    assert response.status_code == 422
+    assert "EUR" in response.json()["detail"] and "USD" in response.json()["detail"]
+
+
+async def test_too_many_decimals_are_refused_not_rounded(client, db, leads_out):
+    _, deal = await deal_for(client, db, leads_out)
+    response = await client.post(f"/v1/deals/{deal['deal_id']}/won", json={"amount": "10.999"})
+    assert response.status_code == 422
+    assert "2 decimal places" in response.json()["errors"][0]["message"]
+    assert (await client.get(f"/v1/deals/{deal['deal_id']}")).json()["stage"] == "qualification"
+
+
+async def test_unknown_deals_and_leads_are_404(client):
+    missing = uuid.uuid4()
+    for method, url, body in [
+        ("GET", f"/v1/deals/{missing}", None),
+        ("PATCH", f"/v1/deals/{missing}", {"stage": "proposal"}),
+        ("POST", f"/v1/deals/{missing}/won", {"amount": "1"}),
+        ("POST", f"/v1/deals/{missing}/lost", {"reason": "x"}),
+        ("POST", "/v1/deals", {"lead_id": str(missing)}),
+        ("GET", f"/v1/customers/{missing}", None),
+    ]:
+        response = await client.request(method, url, json=body)
+        assert response.status_code == 404, (method, url, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_api_needs_a_valid_token(client):
+    for headers in (
+        {"Authorization": ""},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic dGVzdA=="},
+    ):
+        for method, url in [
+            ("GET", "/v1/deals"),
+            ("POST", "/v1/deals"),
+            ("GET", f"/v1/customers/{uuid.uuid4()}"),
+        ]:
+            response = await client.request(method, url, headers=headers, json={})
+            assert response.status_code == 401, (headers, url)
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert (await client.get("/health/live", headers={"Authorization": ""})).status_code == 200
