@@ -6,6 +6,8 @@ current created_at and attribution, every deal event the lead's id, created_at a
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
+import uvicorn
 from conftest import eventually, serve  # tests/conftest.py: on the path under pytest
 
 from services.metrics.main import build_app
@@ -164,7 +167,31 @@ class RunningMetrics:
 
 
 @asynccontextmanager
-async def running_metrics(make_settings, topic_prefix: str, **overrides) -> AsyncIterator[RunningMetrics]:
+async def over_http(app) -> AsyncIterator[str]:
+    """Serve `app` (lifespan included) with uvicorn on a free local port: a real HTTP server,
+    for a real browser. Yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@asynccontextmanager
+async def running_metrics(
+    make_settings, topic_prefix: str, *, http: bool = False, **overrides
+) -> AsyncIterator[RunningMetrics]:
+    """The metrics app with its consumer, in-process (or over real HTTP with `http=True`)."""
     settings = await make_settings(MetricsSettings, **overrides)
     await ensure_topics(settings.kafka_bootstrap_servers, ALL_TOPICS, prefix=topic_prefix)
     app = build_app(settings)
@@ -172,7 +199,11 @@ async def running_metrics(make_settings, topic_prefix: str, **overrides) -> Asyn
                              topic_prefix=topic_prefix)  # fmt: skip
     await producer.start()
     try:
-        async with serve(app) as client:
-            yield RunningMetrics(client, app, producer)
+        if http:
+            async with over_http(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+                yield RunningMetrics(client, app, producer)
+        else:
+            async with serve(app) as client:
+                yield RunningMetrics(client, app, producer)
     finally:
         await producer.stop()
