@@ -1,0 +1,1 @@
+"""The ingest service: the public edge where websites and ad platforms send events."""

@@ -1,0 +1,320 @@
+"""Ingest's rules: what a valid submission or campaign event is, how it becomes an event
+on a topic, which redirects are safe, and the per-key rate limit. No I/O here.
+
+Validation needs two facts from outside, passed as pydantic validation context
+(see `context`): the configured currency and the current time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from shared.events import CampaignEvent, Envelope, FormSubmission, Money, Utm, normalise_email
+from shared.http import field_path
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic
+
+SOURCE = "ingest"
+MAX_BATCH_ITEMS = 500
+MAX_FORM_FIELDS = 50
+# A client clock may run a little fast; beyond this, "occurred in the future" is a bug.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+CENT = Decimal("0.01")
+
+# Pragmatic, not RFC 5322: one @, something before it, a dotted domain after it, no
+# whitespace or control characters inside. Leads normalises (strips, lowercases); ingest
+# passes the address on as typed, so a stray space around it is no reason to lose a lead.
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+")
+MAX_EMAIL_LENGTH = 254
+
+
+def is_valid_email(email: str) -> bool:
+    email = email.strip()
+    return len(email) <= MAX_EMAIL_LENGTH and _EMAIL.fullmatch(email) is not None
+
+
+def context(currency: str, now: datetime) -> dict[str, Any]:
+    """Validation context for the input models."""
+    return {"currency": currency, "now": now}
+
+
+# --- input ------------------------------------------------------------------------------
+
+ShortText = Annotated[str, Field(max_length=200)]
+UrlText = Annotated[str, Field(max_length=2048)]
+FieldName = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class EventInput(BaseModel):
+    # Unknown fields are refused: a misspelt "emial" must not vanish silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The client's id makes retries safe: the same id twice is one event downstream.
+    event_id: uuid.UUID | None = None
+    occurred_at: AwareDatetime | None = None  # naive timestamps are refused (which zone?)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _not_in_the_future(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is not None and value > info.context["now"] + FUTURE_TOLERANCE:
+            raise PydanticCustomError(
+                "future_timestamp",
+                "occurred_at lies more than {minutes} minutes in the future",
+                {"minutes": int(FUTURE_TOLERANCE.total_seconds() // 60)},
+            )
+        return value
+
+
+class FormSubmissionInput(EventInput):
+    type: Literal["form_submission"] = "form_submission"  # required only inside a batch
+    form_id: str = Field(min_length=1, max_length=100)
+    email: str
+    name: ShortText | None = None
+    company: ShortText | None = None
+    phone: ShortText | None = None
+    page_url: UrlText | None = None
+    referrer: UrlText | None = None
+    anonymous_id: ShortText | None = None
+    fields: dict[FieldName, str] = Field(default_factory=dict, max_length=MAX_FORM_FIELDS)
+    utm: Utm = Field(default_factory=Utm)
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        if not is_valid_email(value):
+            raise PydanticCustomError("email", "not a valid email address")
+        return value
+
+
+class CostInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    amount: Decimal = Field(ge=0, max_digits=18, decimal_places=2, allow_inf_nan=False)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
+
+    @field_validator("currency")
+    @classmethod
+    def _configured_currency(cls, value: str, info: ValidationInfo) -> str:
+        expected = info.context["currency"]
+        if value != expected:
+            raise PydanticCustomError(
+                "currency_mismatch",
+                "currency must be {expected}: this Embudo reports in {expected} and never converts amounts",
+                {"expected": expected},
+            )
+        return value
+
+
+class CampaignEventInput(EventInput):
+    type: Literal["campaign_event"] = "campaign_event"  # required only inside a batch
+    campaign_id: str = Field(min_length=1, max_length=200)  # = utm.campaign on the website
+    channel: str = Field(min_length=1, max_length=200)  # = utm.medium: cpc, email, social...
+    event: Literal["impression", "click", "spend"]
+    count: int = Field(default=1, ge=1, le=1_000_000_000, strict=True)
+    cost: CostInput | None = Field(default=None, validate_default=True)
+
+    @field_validator("count")
+    @classmethod
+    def _count_is_for_impressions_and_clicks(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("event") == "spend" and value != 1:
+            raise PydanticCustomError("count_on_spend", "a spend is one amount: leave count out")
+        return value
+
+    @field_validator("cost")
+    @classmethod
+    def _cost_only_on_spend(cls, value: CostInput | None, info: ValidationInfo) -> CostInput | None:
+        event = info.data.get("event")
+        if event == "spend" and value is None:
+            raise PydanticCustomError("cost_required", "a spend needs a cost")
+        if event in ("impression", "click") and value is not None:
+            raise PydanticCustomError("cost_refused", "cost is only accepted on spend events")
+        return value
+
+
+BatchItem = Annotated[FormSubmissionInput | CampaignEventInput, Field(discriminator="type")]
+
+
+class BatchInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+# --- input to events --------------------------------------------------------------------
+
+
+def to_envelope(item: FormSubmissionInput | CampaignEventInput, now: datetime) -> tuple[Topic, Envelope]:
+    """The event and its topic. Submissions are keyed by normalised email (one person's
+    stay in order), campaign events by campaign_id."""
+    if isinstance(item, FormSubmissionInput):
+        data: FormSubmission | CampaignEvent = FormSubmission(
+            form_id=item.form_id,
+            email=item.email,
+            name=item.name,
+            company=item.company,
+            phone=item.phone,
+            page_url=item.page_url,
+            referrer=item.referrer,
+            anonymous_id=item.anonymous_id,
+            fields=item.fields,
+            utm=item.utm,
+        )
+        topic, key = FORM_SUBMISSIONS, normalise_email(item.email)
+    else:
+        cost = None
+        if item.cost is not None:
+            # Always two decimals ("1E+2" -> "100.00"); adding 0 turns -0 into 0.
+            cost = Money(amount=item.cost.amount.quantize(CENT) + 0, currency=item.cost.currency)
+        data = CampaignEvent(
+            campaign_id=item.campaign_id, channel=item.channel, event=item.event, count=item.count, cost=cost
+        )
+        topic, key = CAMPAIGN_EVENTS, item.campaign_id
+    envelope = Envelope.wrap(
+        data, source=SOURCE, key=key, occurred_at=item.occurred_at or now, event_id=item.event_id
+    )
+    return topic, envelope
+
+
+# --- HTML forms -------------------------------------------------------------------------
+
+_FORM_SCALARS = frozenset(
+    ("event_id", "occurred_at", "form_id", "email", "name", "company", "phone", "page_url", "referrer",
+     "anonymous_id")
+)
+_UTM_PREFIX = "utm_"
+UTM_NAMES = ("source", "medium", "campaign", "term", "content")
+# Never forwarded: where to send the visitor, and the write key should a form post it.
+_FORM_CONTROLS = frozenset(("redirect", "key"))
+
+
+def form_to_input(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], str | None]:
+    """A posted HTML form as FormSubmissionInput's fields, plus its `redirect`.
+
+    Same names as the JSON body, utm flat (utm_source...). Empty inputs count as absent
+    (a browser sends every blank field). Any other named input lands in `fields`; a name
+    posted several times (checkboxes) keeps its values joined by ", "."""
+    values: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if value != "":
+            values.setdefault(name, []).append(value)
+    joined = {name: ", ".join(parts) for name, parts in values.items()}
+    body: dict[str, Any] = {}
+    utm: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    for name, value in joined.items():
+        if name in _FORM_SCALARS:
+            body[name] = value
+        elif name.startswith(_UTM_PREFIX) and name[len(_UTM_PREFIX):] in UTM_NAMES:
+            utm[name[len(_UTM_PREFIX):]] = value
+        elif name not in _FORM_CONTROLS:
+            fields[name] = value
+    if utm:
+        body["utm"] = utm
+    if fields:
+        body["fields"] = fields
+    return body, joined.get("redirect")
+
+
+def form_field_path(loc: Sequence[Any]) -> str:
+    """Name an error by the form input that caused it: ('utm', 'source') -> 'utm_source',
+    ('fields', 'budget') -> 'budget'."""
+    if len(loc) >= 2 and loc[0] == "utm":
+        return f"{_UTM_PREFIX}{loc[1]}"
+    if len(loc) >= 2 and loc[0] == "fields":
+        return str(loc[1])
+    return field_path(loc)
+
+
+def safe_redirect(url: str | None, allowed_hosts: frozenset[str]) -> str | None:
+    """`url` when it is an http(s) URL on an allowed host, else None. Backslashes,
+    whitespace and user-info are refused: browsers and parsers disagree on them, which is
+    how open redirects slip through."""
+    if not url or not allowed_hosts:
+        return None
+    if any(c in "\\@" or c.isspace() or ord(c) < 32 for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or host is None or host.lower() not in allowed_hosts:
+        return None
+    return url
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def item_errors(errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Split a batch's validation errors into per item `{index, errors}` and the rest
+    (e.g. "batch" missing or too long). Paths are relative to the item."""
+    by_index: dict[int, list[dict[str, str]]] = {}
+    rest: list[dict[str, str]] = []
+    for error in errors:
+        loc = error["loc"]
+        if len(loc) >= 2 and loc[0] == "batch" and isinstance(loc[1], int):
+            inner = loc[2:]
+            if inner and inner[0] in ("form_submission", "campaign_event"):
+                inner = inner[1:]  # the union's tag, not a field
+            path = field_path(inner) if inner else "type"  # a missing or unknown "type"
+            described = {"field": path, "message": error["msg"], "type": error["type"]}
+            by_index.setdefault(loc[1], []).append(described)
+        else:
+            rest.append({"field": field_path(loc), "message": error["msg"], "type": error["type"]})
+    return [{"index": i, "errors": e} for i, e in sorted(by_index.items())], rest
+
+
+# --- rate limit -------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """`rate` tokens per second, holding at most `burst`. A request is admitted while the
+    bucket is not empty and takes its whole cost, possibly going into debt: a batch larger
+    than what is left still passes, and the debt delays whoever comes next. The long-run
+    rate stays `rate`, and no batch size is ever impossible."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, cost: float, now: float) -> float:
+        """0 when admitted (cost deducted); otherwise the seconds until it would be."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens > 0:
+            self.tokens -= cost
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One bucket per write key (the keys are configured, so the map stays small)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, key: str, cost: float, now: float) -> int:
+        """0 when admitted, else whole seconds to wait (for Retry-After, at least 1)."""
+        if not self.enabled:
+            return 0
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst, now)
+        wait = bucket.take(cost, now)
+        return max(1, math.ceil(wait)) if wait > 0 else 0

@@ -1,0 +1,240 @@
+"""Ingest's pure rules: validation, events and keys, HTML forms, redirects, the rate limit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from services.ingest.domain import (
+    BatchInput,
+    CampaignEventInput,
+    FormSubmissionInput,
+    RateLimiter,
+    TokenBucket,
+    context,
+    form_field_path,
+    form_to_input,
+    is_valid_email,
+    item_errors,
+    safe_redirect,
+    to_envelope,
+)
+from shared.events import CampaignEvent, FormSubmission
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+CTX = context("EUR", NOW)
+
+
+def campaign(**fields) -> CampaignEventInput:
+    raw = {"campaign_id": "spring", "channel": "cpc", **fields}
+    return CampaignEventInput.model_validate(raw, context=CTX)
+
+
+def errors_of(call) -> list[tuple[str, ...]]:
+    with pytest.raises(ValidationError) as caught:
+        call()
+    return [(tuple(map(str, e["loc"])), e["type"]) for e in caught.value.errors()]
+
+
+@pytest.mark.parametrize("email", ["ana@example.com", "Ana.Lopez+news@Example.co.uk", "jörg@bücher.de",
+                                   " ana@example.com\n"])
+def test_plausible_emails_are_valid(email):
+    assert is_valid_email(email)
+
+
+@pytest.mark.parametrize(
+    "email", ["", "ana", "ana@", "@example.com", "ana@example", "ana@@example.com", "ana @example.com",
+              "a@b.", "x" * 250 + "@example.com"],
+)
+def test_implausible_emails_are_not(email):
+    assert not is_valid_email(email)
+
+
+def test_a_submission_is_keyed_by_normalised_email_and_keeps_the_email_as_typed():
+    item = FormSubmissionInput.model_validate(
+        {"form_id": "demo", "email": " Ana@Example.COM", "utm": {"campaign": "spring", "medium": "cpc"}},
+        context=CTX,
+    )
+    topic, envelope = to_envelope(item, NOW)
+    assert topic == FORM_SUBMISSIONS
+    assert envelope.key == "ana@example.com"
+    assert isinstance(envelope.data, FormSubmission)
+    assert envelope.data.email == " Ana@Example.COM"
+    assert envelope.data.utm.campaign == "spring"
+    assert envelope.occurred_at == NOW and envelope.source == "ingest"
+
+
+def test_the_clients_event_id_and_time_are_kept_in_utc():
+    event_id = uuid.uuid4()
+    madrid = datetime(2025, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    item = campaign(event="click", event_id=str(event_id), occurred_at=madrid.isoformat())
+    topic, envelope = to_envelope(item, NOW)
+    assert topic == CAMPAIGN_EVENTS and envelope.key == "spring"
+    assert envelope.event_id == event_id
+    assert envelope.occurred_at == madrid and envelope.occurred_at.tzinfo == UTC
+
+
+def test_without_an_event_id_each_event_gets_a_new_one():
+    item = campaign(event="impression", count=3)
+    assert to_envelope(item, NOW)[1].event_id != to_envelope(item, NOW)[1].event_id
+
+
+def test_naive_and_future_timestamps_are_refused_but_small_clock_skew_is_not():
+    assert errors_of(lambda: campaign(event="click", occurred_at="2025-03-01T12:00:00")) == [
+        (("occurred_at",), "timezone_aware")
+    ]
+    too_far = (NOW + timedelta(minutes=5, seconds=1)).isoformat()
+    assert errors_of(lambda: campaign(event="click", occurred_at=too_far)) == [
+        (("occurred_at",), "future_timestamp")
+    ]
+    assert campaign(event="click", occurred_at=(NOW + timedelta(minutes=4)).isoformat())
+
+
+def test_spend_needs_a_cost_in_the_configured_currency_with_at_most_two_decimals():
+    spend = campaign(event="spend", cost={"amount": "1E+2", "currency": "EUR"})
+    data = to_envelope(spend, NOW)[1].data
+    assert isinstance(data, CampaignEvent)
+    assert data.cost is not None and str(data.cost.amount) == "100.00" and data.cost.currency == "EUR"
+    assert isinstance(data.cost.amount, Decimal)
+
+    assert errors_of(lambda: campaign(event="spend")) == [(("cost",), "cost_required")]
+    assert errors_of(lambda: campaign(event="spend", cost={"amount": "1.00", "currency": "USD"})) == [
+        (("cost", "currency"), "currency_mismatch")
+    ]
+    assert errors_of(lambda: campaign(event="spend", cost={"amount": "1.005", "currency": "EUR"})) == [
+        (("cost", "amount"), "decimal_max_places")
+    ]
+    assert errors_of(lambda: campaign(event="spend", cost={"amount": -1, "currency": "EUR"})) == [
+        (("cost", "amount"), "greater_than_equal")
+    ]
+    assert errors_of(lambda: campaign(event="spend", count=2, cost={"amount": 1, "currency": "EUR"})) == [
+        (("count",), "count_on_spend")
+    ]
+
+
+def test_a_json_number_amount_is_read_exactly_not_as_a_float():
+    spend = CampaignEventInput.model_validate_json(
+        '{"campaign_id": "c", "channel": "cpc", "event": "spend",'
+        ' "cost": {"amount": 0.1, "currency": "EUR"}}',
+        context=CTX,
+    )
+    assert spend.cost is not None and spend.cost.amount == Decimal("0.1")
+
+
+def test_impressions_and_clicks_refuse_a_cost_and_count_at_least_one():
+    assert errors_of(lambda: campaign(event="click", cost={"amount": "1", "currency": "EUR"})) == [
+        (("cost",), "cost_refused")
+    ]
+    assert errors_of(lambda: campaign(event="impression", count=0)) == [(("count",), "greater_than_equal")]
+    assert errors_of(lambda: campaign(event="impression", count="5")) == [(("count",), "int_type")]
+    assert campaign(event="impression").count == 1
+
+
+def test_unknown_fields_and_too_many_custom_fields_are_refused():
+    base = {"form_id": "demo", "email": "ana@example.com"}
+    assert errors_of(lambda: FormSubmissionInput.model_validate({**base, "emial": "x"}, context=CTX)) == [
+        (("emial",), "extra_forbidden")
+    ]
+    many = {f"f{i}": "v" for i in range(51)}
+    assert errors_of(lambda: FormSubmissionInput.model_validate({**base, "fields": many}, context=CTX)) == [
+        (("fields",), "too_long")
+    ]
+
+
+def test_batch_errors_are_grouped_by_item_with_paths_inside_the_item():
+    raw = {"batch": [
+        {"type": "form_submission", "form_id": "demo", "email": "ana@example.com"},
+        {"type": "campaign_event", "campaign_id": "c", "channel": "cpc", "event": "click",
+         "cost": {"amount": "1", "currency": "EUR"}},
+        {"form_id": "demo"},
+        {"type": "form_submission", "form_id": "", "email": "nope", "utm": {"source": 1}},
+    ]}
+    with pytest.raises(ValidationError) as caught:
+        BatchInput.model_validate(raw, context=CTX)
+    items, rest = item_errors(caught.value.errors())
+    assert rest == []
+    assert [(i["index"], sorted(e["field"] for e in i["errors"])) for i in items] == [
+        (1, ["cost"]),
+        (2, ["type"]),
+        (3, ["email", "form_id", "utm.source"]),
+    ]
+
+
+def test_batch_size_is_one_to_five_hundred():
+    item = {"type": "campaign_event", "campaign_id": "c", "channel": "cpc", "event": "click"}
+    assert len(BatchInput.model_validate({"batch": [item] * 500}, context=CTX).batch) == 500
+    for size in (0, 501):
+        with pytest.raises(ValidationError) as caught:
+            BatchInput.model_validate({"batch": [item] * size}, context=CTX)
+        items, rest = item_errors(caught.value.errors())
+        assert items == [] and [e["field"] for e in rest] == ["batch"]
+
+
+def test_an_html_form_maps_to_the_json_shape():
+    body, redirect = form_to_input([
+        ("form_id", "demo"), ("email", "ana@example.com"), ("name", ""), ("utm_source", "google"),
+        ("utm_campaign", "spring"), ("budget", "10k"), ("interest", "crm"), ("interest", "ads"),
+        ("redirect", "https://example.com/thanks"), ("key", "leaked?"),
+    ])
+    assert body == {
+        "form_id": "demo",
+        "email": "ana@example.com",
+        "utm": {"source": "google", "campaign": "spring"},
+        "fields": {"budget": "10k", "interest": "crm, ads"},
+    }
+    assert redirect == "https://example.com/thanks"
+    assert form_field_path(("utm", "source")) == "utm_source"
+    assert form_field_path(("fields", "budget")) == "budget"
+    assert form_field_path(("email",)) == "email"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://example.com/thanks", True),
+        ("http://EXAMPLE.com/thanks?x=1", True),
+        ("https://evil.test/", False),
+        ("https://example.com.evil.test/", False),
+        ("javascript://example.com/%0aalert(1)", False),
+        ("//example.com/thanks", False),
+        ("https://evil.test\\@example.com/", False),
+        ("https://user@example.com/", False),
+        ("https://example.com/\nLocation: x", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_http_redirects_to_allowed_hosts_are_followed(url, allowed):
+    followed = safe_redirect(url, frozenset({"example.com"}))
+    assert followed == (url if allowed else None)
+
+
+def test_no_redirect_host_allowed_means_no_redirect():
+    assert safe_redirect("https://example.com/", frozenset()) is None
+
+
+def test_token_bucket_admits_its_burst_then_refills_at_its_rate():
+    bucket = TokenBucket(rate=2, burst=3, now=0.0)
+    assert [bucket.take(1, 0.0) for _ in range(3)] == [0, 0, 0]
+    assert bucket.take(1, 0.0) == pytest.approx(0.5)  # one token comes back in half a second
+    assert bucket.take(1, 0.5) == 0
+
+
+def test_a_batch_larger_than_what_is_left_passes_and_its_debt_delays_the_next():
+    bucket = TokenBucket(rate=10, burst=100, now=0.0)
+    assert bucket.take(150, 0.0) == 0  # 50 in debt
+    assert bucket.take(1, 0.0) == pytest.approx(5.1)
+    assert bucket.take(1, 5.2) == 0
+
+
+def test_rate_limiter_keeps_one_bucket_per_key_and_reports_whole_seconds():
+    limiter = RateLimiter(rate=0.5, burst=1)
+    assert limiter.take("a", 1, 0.0) == 0
+    assert limiter.take("a", 1, 0.0) == 2
+    assert limiter.take("b", 1, 0.0) == 0
+    assert RateLimiter(rate=0, burst=0).take("a", 10_000, 0.0) == 0  # turned off
