@@ -1,0 +1,548 @@
+"""The leads service against the real broker and database: submissions in, lead events out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.leads.handlers import change_stage, record_submission
+from services.leads.main import build_app
+from services.leads.settings import LeadsSettings, load_scoring_rules
+from services.leads import store
+from shared.events import Envelope, FormSubmission, Utm
+from shared.kafka import EventProducer
+from shared.topics import FORM_SUBMISSIONS, LEAD_EVENTS, ensure_topics
+from shared.uow import unit_of_work
+from tests.conftest import eventually, serve
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+SCORING = """
+forms: {points: {demo-request: 30, newsletter: 5}, other: 10}
+profile: {name: 5, company: 10}
+repeat_touches: {each: 5, max: 10}
+"""
+
+
+@dataclass
+class Leads:
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    async def lead_by_email(self, email: str) -> dict | None:
+        response = await self.client.get("/v1/leads", params={"email": email})
+        assert response.status_code == 200, response.text
+        items = response.json()["items"]
+        return items[0] if items else None
+
+    async def detail(self, lead_id: str) -> dict:
+        response = await self.client.get(f"/v1/leads/{lead_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def wait_for(self, email: str, touches: int = 1) -> dict:
+        async def seen() -> dict | None:
+            lead = await self.lead_by_email(email)
+            return lead if lead and lead["touch_count"] >= touches else None
+
+        return await eventually(seen)
+
+    async def move(self, lead_id: str, stage: str, **body) -> httpx.Response:
+        return await self.client.post(f"/v1/leads/{lead_id}/stage", json={"stage": stage, **body})
+
+
+@pytest.fixture
+def scoring_file(tmp_path: Path) -> Path:
+    path = tmp_path / "scoring.yaml"
+    path.write_text(SCORING)
+    return path
+
+
+@pytest.fixture
+async def start_leads(make_settings, topics: str, topic_prefix: str, scoring_file: Path):
+    """Starts the leads service (migrations, consumer, outbox relay) in this test's namespace."""
+    stack = AsyncExitStack()
+    # The topics exist before anyone reads them (readers only see partitions that exist).
+    await ensure_topics(topics, prefix=topic_prefix)
+
+    async def start(**overrides) -> Leads:
+        settings = await make_settings(LeadsSettings, scoring_config=scoring_file, **overrides)
+        app = build_app(settings)
+        client = await stack.enter_async_context(serve(app))
+        client.headers["Authorization"] = "Bearer test-token"
+        return Leads(app, client)
+
+    yield start
+    await stack.aclose()
+
+
+@pytest.fixture
+async def leads(start_leads) -> Leads:
+    return await start_leads()
+
+
+@pytest.fixture
+async def producer(topics: str, topic_prefix: str) -> AsyncIterator[EventProducer]:
+    p = EventProducer(topics, client_id="test-leads", send_timeout=10, topic_prefix=topic_prefix)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+async def lead_events(topic_reader, topic_prefix: str):
+    return await topic_reader(topic_prefix + LEAD_EVENTS.name)
+
+
+def submission(
+    email: str, minutes: int = 0, *, form_id: str = "newsletter", campaign: str | None = None,
+    medium: str | None = None, **profile,
+) -> Envelope:
+    data = FormSubmission(
+        form_id=form_id, email=email, utm=Utm(source="test", medium=medium, campaign=campaign), **profile
+    )
+    return Envelope.wrap(
+        data, source="test", key=email.strip().lower(), occurred_at=T0 + timedelta(minutes=minutes)
+    )
+
+
+async def publish(producer: EventProducer, *events: Envelope) -> None:
+    await producer.publish_many(FORM_SUBMISSIONS, list(events))
+
+
+def parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+# --- from submissions to leads -------------------------------------------------------------
+
+
+async def test_first_submission_creates_a_lead_and_publishes_lead_created(leads, producer, lead_events):
+    sent = submission("Ana@Example.com", form_id="demo-request", campaign="spring", medium="cpc",
+                      name="Ana", company="Acme", fields={"job_title": "CTO"})
+    await publish(producer, sent)
+
+    [created] = await lead_events.events(1)
+    lead = await leads.wait_for("ana@example.com")
+    assert created.type == "lead.created"
+    assert created.key == lead["lead_id"] == str(created.data.lead_id)
+    assert created.source == "leads"
+    assert created.data.email == "ana@example.com"
+    assert created.data.stage == "lead"
+    assert created.data.created_at == sent.occurred_at
+    assert created.data.score == 30 + 5 + 10
+    touch = created.data.attribution.first_touch
+    assert (touch.campaign_id, touch.channel, touch.form_id) == ("spring", "cpc", "demo-request")
+    assert created.data.attribution.last_touch == touch
+
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["email"] == "ana@example.com"
+    assert detail["profile"] == {"name": "Ana", "company": "Acme", "phone": None, "fields": {"job_title": "CTO"}}
+    assert detail["score"] == 45
+    assert detail["stage"] == "lead"
+    assert parse(detail["created_at"]) == sent.occurred_at
+    assert detail["first_touch"]["campaign_id"] == "spring"
+    assert len(detail["touches"]) == 1
+    [creation] = detail["stage_history"]
+    assert (creation["from"], creation["to"]) == (None, "lead")
+    assert parse(creation["occurred_at"]) == sent.occurred_at
+
+
+async def test_case_and_whitespace_variants_are_one_lead(leads, producer, lead_events):
+    variants = ["Bo@Example.com", "  bo@example.COM ", "BO@EXAMPLE.COM"]
+    await publish(producer, *(submission(email, minutes=i) for i, email in enumerate(variants)))
+
+    events = await lead_events.events(3)
+    lead = await leads.wait_for("bo@example.com", touches=3)
+    assert [e.type for e in events] == ["lead.created", "lead.touched", "lead.touched"]
+    assert {str(e.data.lead_id) for e in events} == {lead["lead_id"]}
+    assert {e.data.email for e in events} == {"bo@example.com"}
+    # the email filter matches the normalised form, whatever the query's case and spaces
+    same = await leads.lead_by_email("  BO@example.com")
+    assert same["lead_id"] == lead["lead_id"]
+    listing = (await leads.client.get("/v1/leads")).json()["items"]
+    assert len(listing) == 1
+
+
+async def test_a_duplicate_event_id_changes_nothing(leads, producer, lead_events):
+    first = submission("cy@example.com", 0, name="Cy")
+    await publish(producer, first, first)  # an ingest retry: the same event twice
+    await lead_events.events(1)
+    await publish(producer, first)  # and once more, after it was applied
+    # A later submission of the same person (same key, so same partition, behind the copies)
+    marker = submission("cy@example.com", 5)
+    await publish(producer, marker)
+
+    lead = await leads.wait_for("cy@example.com", touches=2)
+    events = await lead_events.events(2)
+    extra = await lead_events.quiet(1.5)
+    assert [e.type for e in events] == ["lead.created", "lead.touched"]
+    assert len(extra) == 2  # no event for any copy
+    assert events[1].data.touch.occurred_at == marker.occurred_at
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["touch_count"] == 2 and len(detail["touches"]) == 2
+    assert detail["score"] == 5 + 5 + 5  # newsletter, name, one repeat touch: the copies add nothing
+    async with leads.app.state.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", first.event_id) == 1
+
+
+async def test_an_older_submission_arriving_late_moves_created_at_and_the_first_touch_back(
+    leads, producer, lead_events
+):
+    newer = submission("di@example.com", 60, campaign="retargeting", medium="social", name="Di New")
+    older = submission("di@example.com", 0, campaign="launch", medium="email", name="Di Old", company="Acme")
+    await publish(producer, newer)
+    [created] = await lead_events.events(1)
+    assert created.data.created_at == newer.occurred_at
+    await publish(producer, older)
+
+    [_, touched] = await lead_events.events(2)
+    assert touched.type == "lead.touched"
+    assert touched.data.created_at == older.occurred_at
+    assert touched.data.touch.campaign_id == "launch"
+    assert touched.data.attribution.first_touch.campaign_id == "launch"
+    assert touched.data.attribution.last_touch.campaign_id == "retargeting"
+
+    lead = await leads.wait_for("di@example.com", touches=2)
+    detail = await leads.detail(lead["lead_id"])
+    assert parse(detail["created_at"]) == older.occurred_at
+    assert detail["first_touch"]["channel"] == "email"
+    assert detail["last_touch"]["channel"] == "social"
+    assert [t["campaign_id"] for t in detail["touches"]] == ["launch", "retargeting"]
+    # the newest answer wins; an older one only fills what is missing
+    assert detail["profile"]["name"] == "Di New"
+    assert detail["profile"]["company"] == "Acme"
+    assert parse(detail["stage_history"][0]["occurred_at"]) == older.occurred_at
+
+
+async def test_first_and_last_touch_and_the_campaign_and_channel_filters(leads, producer, lead_events):
+    await publish(
+        producer,
+        submission("ed@example.com", 0, campaign="c-first", medium="email"),
+        submission("ed@example.com", 10, campaign="c-middle", medium="cpc"),
+        submission("ed@example.com", 20, campaign="c-last", medium="social"),
+        submission("fa@example.com", 0),  # no utm campaign or medium: unattributed
+    )
+    ed = await leads.wait_for("ed@example.com", touches=3)
+    fa = await leads.wait_for("fa@example.com")
+    assert ed["first_touch"]["campaign_id"] == "c-first" and ed["last_touch"]["campaign_id"] == "c-last"
+    assert fa["first_touch"]["campaign_id"] is None and fa["first_touch"]["channel"] is None
+
+    async def ids(**params) -> list[str]:
+        response = await leads.client.get("/v1/leads", params=params)
+        assert response.status_code == 200, response.text
+        return [item["lead_id"] for item in response.json()["items"]]
+
+    assert await ids(campaign_id="c-first") == [ed["lead_id"]]
+    assert await ids(campaign_id="c-last") == [ed["lead_id"]]
+    assert await ids(campaign_id="c-middle") == []  # neither first nor last touch
+    assert await ids(campaign_id="c-first", touch="first") == [ed["lead_id"]]
+    assert await ids(campaign_id="c-first", touch="last") == []
+    assert await ids(channel="social", touch="last") == [ed["lead_id"]]
+    assert await ids(channel="social", touch="first") == []
+    assert await ids(channel="email", campaign_id="c-last") == [ed["lead_id"]]
+
+
+# --- lifecycle through the API ---------------------------------------------------------------
+
+REFUSED_FROM = {
+    "lead": ["lead"],
+    "mql": ["lead", "mql"],
+    "sql": ["lead", "mql", "sql", "disqualified"],
+    "disqualified": ["mql", "sql", "disqualified"],
+}
+
+
+async def test_every_allowed_move_succeeds_and_every_refused_one_is_409(leads, producer, lead_events):
+    await publish(producer, submission("gu@example.com", 0), submission("ha@example.com", 0))
+    gu = (await leads.wait_for("gu@example.com"))["lead_id"]
+    ha = (await leads.wait_for("ha@example.com"))["lead_id"]
+    await lead_events.events(2)
+
+    async def refused_everywhere_from(lead_id: str, stage: str) -> None:
+        for target in REFUSED_FROM[stage]:
+            response = await leads.move(lead_id, target)
+            assert response.status_code == 409, (stage, target, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["stage"] == stage
+
+    paths = {
+        gu: ["mql", "sql"],
+        ha: ["disqualified", "lead", "mql", "disqualified", "lead", "sql"],
+    }
+    expected_events = []
+    for lead_id, path in paths.items():
+        current = "lead"
+        await refused_everywhere_from(lead_id, current)
+        for target in path:
+            response = await leads.move(lead_id, target, reason=f"to {target}")
+            assert response.status_code == 200, response.text
+            assert response.json()["stage"] == target
+            expected_events.append((lead_id, current, target))
+            current = target
+            await refused_everywhere_from(lead_id, current)
+
+    events = await lead_events.events(2 + len(expected_events))
+    extra = await lead_events.quiet(1.5)
+    assert len(extra) == 2 + len(expected_events)  # no event for any refused move
+    changes = [e for e in events if e.type == "lead.stage_changed"]
+    # one lead's events keep their order (one key, one partition); two leads may interleave
+    for lead_id in paths:
+        assert [(e.data.from_stage, e.data.to_stage) for e in changes if str(e.data.lead_id) == lead_id] == [
+            (frm, to) for lid, frm, to in expected_events if lid == lead_id
+        ]
+    assert all(e.key == str(e.data.lead_id) for e in changes)
+    assert all(e.data.reason == f"to {e.data.to_stage}" for e in changes)
+    raw = changes[0].to_bytes().decode()
+    assert '"from":"lead"' in raw and '"to":"mql"' in raw  # field aliases on the wire
+
+    history = (await leads.detail(ha))["stage_history"]
+    assert [(h["from"], h["to"]) for h in history] == [(None, "lead")] + [
+        (frm, to) for lead_id, frm, to in expected_events if lead_id == ha
+    ]
+    times = [parse(h["occurred_at"]) for h in history]
+    assert times == sorted(times)
+
+
+async def test_a_stage_change_with_an_explicit_time_is_kept_and_published(leads, producer, lead_events):
+    await publish(producer, submission("ia@example.com", 0))
+    lead_id = (await leads.wait_for("ia@example.com"))["lead_id"]
+    when = T0 + timedelta(days=2)
+    response = await leads.move(lead_id, "mql", reason="webinar", occurred_at=when.isoformat())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stage_history"][-1]["reason"] == "webinar"
+    assert parse(body["stage_history"][-1]["occurred_at"]) == when
+
+    [_, changed] = await lead_events.events(2)
+    assert changed.occurred_at == changed.data.occurred_at == when
+    assert changed.data.created_at == T0
+    assert changed.data.attribution.first_touch.occurred_at == T0
+
+    # not before the last change, not before created_at, not in the future
+    for bad in (when - timedelta(hours=1), T0 - timedelta(minutes=1), datetime.now(UTC) + timedelta(hours=1)):
+        response = await leads.move(lead_id, "sql", occurred_at=bad.isoformat())
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "occurred_at"
+    assert (await leads.detail(lead_id))["stage"] == "mql"
+
+
+# --- the outbox ------------------------------------------------------------------------------
+
+
+async def test_the_outbox_publishes_each_committed_change_once_and_nothing_on_rollback(
+    leads, producer, lead_events
+):
+    await publish(producer, submission("jo@example.com", 0))
+    lead_id = (await leads.wait_for("jo@example.com"))["lead_id"]
+    await lead_events.events(1)
+    pool = leads.app.state.pool
+
+    # A stage change whose transaction fails after writing state and outbox row.
+    with pytest.raises(RuntimeError):
+        async with unit_of_work(pool) as uow:
+            lead = await store.lock_lead(uow.conn, uuid.UUID(lead_id))
+            await change_stage(uow, lead, "sql", "rolled back", datetime.now(UTC))
+            assert await uow.conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+            raise RuntimeError("something after the change failed")
+    assert (await leads.detail(lead_id))["stage"] == "lead"
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1  # lead.created only
+
+    response = await leads.move(lead_id, "mql")
+    assert response.status_code == 200
+    events = await lead_events.events(2)
+    extra = await lead_events.quiet(1.5)
+    assert len(extra) == 2
+    assert [(e.type, e.data.to_stage) for e in events[1:]] == [("lead.stage_changed", "mql")]
+
+    async def all_sent() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+    await eventually(all_sent)
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
+
+# --- scoring and automatic promotion -----------------------------------------------------
+
+
+async def test_reaching_the_threshold_promotes_to_mql(start_leads, producer, lead_events):
+    leads = await start_leads(mql_threshold=40)
+    # newsletter 5 -> then demo-request 30 + name 5 + one repeat touch 5 = 45
+    await publish(
+        producer,
+        submission("ka@example.com", 0),
+        submission("ka@example.com", 10, form_id="demo-request", name="Ka"),
+    )
+    events = await lead_events.events(3)
+    assert [e.type for e in events] == ["lead.created", "lead.touched", "lead.stage_changed"]
+    assert [e.data.score for e in events[:2]] == [5, 45]
+    promoted = events[2].data
+    assert (promoted.from_stage, promoted.to_stage, promoted.reason) == ("lead", "mql", "score threshold")
+    assert promoted.occurred_at == T0 + timedelta(minutes=10)
+
+    lead = await leads.wait_for("ka@example.com", touches=2)
+    assert (lead["stage"], lead["score"]) == ("mql", 45)
+    # more points later do not promote again
+    await publish(producer, submission("ka@example.com", 20, form_id="pricing"))
+    await lead_events.events(4)
+    extra = await lead_events.quiet(1.5)
+    assert [e.type for e in [Envelope.from_bytes(r.value) for r in extra]][3:] == ["lead.touched"]
+
+
+async def test_without_a_threshold_no_lead_is_promoted(leads, producer, lead_events):
+    assert leads.app.state.settings.mql_threshold is None
+    await publish(
+        producer,
+        submission("lu@example.com", 0),
+        submission("lu@example.com", 10, form_id="demo-request", name="Lu", company="Acme"),
+    )
+    events = await lead_events.events(2)
+    extra = await lead_events.quiet(1.5)
+    assert len(extra) == 2
+    assert events[1].data.score == 5 + 30 + 5 + 10 + 5
+    assert (await leads.wait_for("lu@example.com", touches=2))["stage"] == "lead"
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+async def test_concurrent_submissions_of_one_new_email_make_one_lead(leads, lead_events):
+    rules = load_scoring_rules(leads.app.state.settings.scoring_config)
+    pool = leads.app.state.pool
+
+    async def consume(minutes: int) -> uuid.UUID:
+        async with unit_of_work(pool) as uow:
+            return await record_submission(uow, submission(" Mo@example.com", minutes), rules, None)
+
+    lead_ids = await asyncio.gather(*(consume(m) for m in range(8)))
+    assert len(set(lead_ids)) == 1
+    events = await lead_events.events(8)
+    assert sorted(e.type for e in events) == ["lead.created"] + ["lead.touched"] * 7
+    lead = await leads.lead_by_email("mo@example.com")
+    assert lead["touch_count"] == 8 and parse(lead["created_at"]) == T0
+
+
+async def test_concurrent_moves_of_one_lead_let_exactly_one_through(leads, producer, lead_events):
+    await publish(producer, submission("ny@example.com", 0))
+    lead_id = (await leads.wait_for("ny@example.com"))["lead_id"]
+    responses = await asyncio.gather(*(leads.move(lead_id, "mql") for _ in range(6)))
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 5
+    events = await lead_events.events(2)
+    extra = await lead_events.quiet(1.5)
+    assert len(extra) == 2 and events[1].type == "lead.stage_changed"
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+async def test_pagination_walks_every_lead_once_in_created_order(leads, producer):
+    emails = [f"p{i}@example.com" for i in range(11)]
+    # two pairs share a created_at: the id breaks the tie without gaps or duplicates
+    minutes = [0, 1, 1, 2, 3, 4, 4, 5, 6, 7, 8]
+    await publish(producer, *(submission(e, m) for e, m in zip(emails, minutes, strict=True)))
+
+    async def all_there() -> bool:
+        return len((await leads.client.get("/v1/leads", params={"limit": 200})).json()["items"]) == 11
+
+    await eventually(all_there)
+    seen: list[dict] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        body = (await leads.client.get("/v1/leads", params=params)).json()
+        seen += body["items"]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 4
+    assert sorted(item["email"] for item in seen) == sorted(emails)
+    keys = [(parse(item["created_at"]), item["lead_id"]) for item in seen]
+    assert keys == sorted(keys) and len(set(keys)) == 11
+
+    # created_from is inclusive, created_to exclusive; filters combine with the cursor
+    window = {"created_from": (T0 + timedelta(minutes=1)).isoformat(),
+              "created_to": (T0 + timedelta(minutes=4)).isoformat(), "limit": 2}
+    first = (await leads.client.get("/v1/leads", params=window)).json()
+    rest = (await leads.client.get("/v1/leads", params=window | {"cursor": first["next_cursor"]})).json()
+    assert rest["next_cursor"] is None
+    assert sorted(i["email"] for i in first["items"] + rest["items"]) == ["p1@example.com", "p2@example.com",
+                                                                          "p3@example.com", "p4@example.com"]
+
+
+async def test_stage_filter(leads, producer):
+    await publish(producer, submission("qa@example.com"), submission("qb@example.com"))
+    qa = (await leads.wait_for("qa@example.com"))["lead_id"]
+    await leads.wait_for("qb@example.com")
+    assert (await leads.move(qa, "disqualified", reason="competitor")).status_code == 200
+    body = (await leads.client.get("/v1/leads", params={"stage": "disqualified"})).json()
+    assert [i["lead_id"] for i in body["items"]] == [qa]
+    assert len((await leads.client.get("/v1/leads", params={"stage": "lead"})).json()["items"]) == 1
+
+
+# --- auth and bad input ----------------------------------------------------------------------
+
+
+async def test_the_api_needs_a_valid_token(leads):
+    lead_path = f"/v1/leads/{uuid.uuid4()}"
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+        for method, path in (("GET", "/v1/leads"), ("GET", lead_path), ("POST", f"{lead_path}/stage")):
+            response = await leads.client.request(method, path, headers=headers, json={"stage": "mql"})
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, field",
+    [
+        ("GET", "/v1/leads/not-a-uuid", None, 422, "lead_id"),
+        ("POST", "/v1/leads/not-a-uuid/stage", {"stage": "mql"}, 422, "lead_id"),
+        ("GET", "/v1/leads/{unknown}", None, 404, None),
+        ("POST", "/v1/leads/{unknown}/stage", {"stage": "mql"}, 404, None),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "customer"}, 422, "stage"),
+        ("POST", "/v1/leads/{lead}/stage", {}, 422, "stage"),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "stgae": "x"}, 422, "stgae"),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "occurred_at": "2025-03-02T10:00:00"}, 422,
+         "occurred_at"),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "occurred_at": "yesterday"}, 422, "occurred_at"),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "reason": "x" * 501}, 422, "reason"),
+        ("POST", "/v1/leads/{lead}/stage", "{not json", 400, None),
+        ("GET", "/v1/leads?limit=0", None, 422, "limit"),
+        ("GET", "/v1/leads?limit=201", None, 422, "limit"),
+        ("GET", "/v1/leads?stage=customer", None, 422, "stage"),
+        ("GET", "/v1/leads?cursor=bm9wZQ", None, 422, "cursor"),
+        ("GET", "/v1/leads?created_from=2025-03-01", None, 422, "created_from"),
+        ("GET", "/v1/leads?created_from=2025-03-02T00:00:00Z&created_to=2025-03-01T00:00:00Z", None, 422,
+         "created_to"),
+        ("GET", "/v1/leads?touch=middle", None, 422, "touch"),
+    ],
+)
+async def test_bad_requests_get_a_clear_problem(leads, producer, method, path, body, status, field):
+    await publish(producer, submission("ra@example.com"))
+    lead_id = (await leads.wait_for("ra@example.com"))["lead_id"]
+    path = path.format(lead=lead_id, unknown=uuid.uuid4())
+    if isinstance(body, str):
+        response = await leads.client.request(
+            method, path, content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        response = await leads.client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    if field:
+        assert field in [e["field"] for e in problem["errors"]]
+    assert (await leads.detail(lead_id))["stage"] == "lead"

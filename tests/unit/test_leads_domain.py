@@ -1,0 +1,193 @@
+"""The leads rules, without I/O."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.leads.domain import (
+    STAGES,
+    InvalidStageTime,
+    MoveRefused,
+    ScoringRules,
+    Submission,
+    check_move,
+    check_stage_time,
+    lead_facts,
+    promotes_to_mql,
+    score,
+    submission_from,
+)
+from services.leads.settings import DEFAULT_SCORING_CONFIG, LeadsSettings, load_scoring_rules
+from shared.events import FormSubmission, Utm
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def sub(minutes: int = 0, *, form_id: str = "contact", utm: Utm | None = None, **profile) -> Submission:
+    form = FormSubmission(form_id=form_id, email="ana@example.com", utm=utm or Utm(), **profile)
+    return submission_from(uuid.uuid4(), form, T0 + timedelta(minutes=minutes))
+
+
+# --- lifecycle -------------------------------------------------------------------------
+
+ALLOWED = {
+    ("lead", "mql"), ("lead", "sql"), ("lead", "disqualified"),
+    ("mql", "sql"), ("mql", "disqualified"),
+    ("disqualified", "lead"),
+}
+
+
+@pytest.mark.parametrize("move", sorted(ALLOWED))
+def test_allowed_moves(move):
+    check_move(*move)
+
+
+@pytest.mark.parametrize(
+    "move", sorted(set(itertools.product(STAGES, STAGES)) - ALLOWED)
+)
+def test_every_other_move_is_refused(move):
+    with pytest.raises(MoveRefused):
+        check_move(*move)
+
+
+def test_the_refusal_says_where_the_lead_may_go():
+    with pytest.raises(MoveRefused, match="may go to: lead"):
+        check_move("disqualified", "mql")
+    with pytest.raises(MoveRefused, match="already in stage 'sql'"):
+        check_move("sql", "sql")
+
+
+NOW = T0 + timedelta(days=10)
+
+
+def check_time(occurred_at, last_change_at=None):
+    check_stage_time(
+        occurred_at, created_at=T0, last_change_at=last_change_at, now=NOW, clock_skew=timedelta(seconds=60)
+    )
+
+
+def test_stage_time_between_creation_and_now_is_accepted():
+    check_time(T0)
+    check_time(NOW)
+    check_time(NOW + timedelta(seconds=30))  # a client clock running a little fast
+
+
+@pytest.mark.parametrize(
+    "occurred_at, last_change_at, message",
+    [
+        (NOW + timedelta(minutes=5), None, "future"),
+        (T0 - timedelta(seconds=1), None, "created_at"),
+        (T0 + timedelta(days=1), T0 + timedelta(days=2), "last stage change"),
+    ],
+)
+def test_stage_time_refused(occurred_at, last_change_at, message):
+    with pytest.raises(InvalidStageTime, match=message):
+        check_time(occurred_at, last_change_at)
+
+
+def test_promotion_only_with_a_threshold_and_only_from_lead():
+    assert promotes_to_mql(50, "lead", 50)
+    assert not promotes_to_mql(49, "lead", 50)
+    assert not promotes_to_mql(10_000, "lead", None)
+    for stage in ("mql", "sql", "disqualified"):
+        assert not promotes_to_mql(100, stage, 50)
+
+
+# --- attribution and profile -------------------------------------------------------------
+
+
+def test_touch_takes_campaign_from_utm_campaign_and_channel_from_utm_medium():
+    touch = sub(utm=Utm(source="google", medium="cpc", campaign="spring", term="crm", content="ad1")).touch
+    assert (touch.campaign_id, touch.channel, touch.source, touch.term, touch.content) == (
+        "spring", "cpc", "google", "crm", "ad1",
+    )
+    assert touch.form_id == "contact"
+    unattributed = sub().touch
+    assert unattributed.campaign_id is None and unattributed.channel is None
+
+
+def test_facts_follow_occurred_at_whatever_the_arrival_order():
+    early = sub(0, utm=Utm(campaign="first", medium="email"), name="Ana")
+    middle = sub(30, utm=Utm(campaign="middle", medium="cpc"), company="Acme")
+    late = sub(60, utm=Utm(campaign="last", medium="social"), name="Ana Pérez")
+    rules = ScoringRules()
+    results = [lead_facts(list(order), rules) for order in itertools.permutations([early, middle, late])]
+    facts = results[0]
+    assert all(other == facts for other in results)
+    assert facts.created_at == T0
+    assert facts.attribution.first_touch.campaign_id == "first"
+    assert facts.attribution.last_touch.campaign_id == "last"
+    assert facts.attribution.last_touch.channel == "social"
+    assert facts.touch_count == 3
+
+
+def test_profile_newest_non_blank_answer_wins_item_by_item():
+    older = sub(0, name="Ana", phone="+34 600", fields={"job_title": "CTO", "size": "10"})
+    newer = sub(5, name="Ana Pérez", phone="  ", fields={"size": "50"})
+    profile = lead_facts([newer, older], ScoringRules()).profile
+    assert profile.name == "Ana Pérez"
+    assert profile.phone == "+34 600"  # a blank answer does not erase it
+    assert profile.fields == {"job_title": "CTO", "size": "50"}
+    assert profile.company is None
+
+
+# --- scoring -------------------------------------------------------------------------------
+
+RULES = ScoringRules.model_validate(
+    {
+        "forms": {"points": {"demo-request": 30, "newsletter": 5}, "other": 10},
+        "profile": {"name": 5, "company": 10, "job_title": 3},
+        "repeat_touches": {"each": 4, "max": 10},
+    }
+)
+
+
+def test_score_adds_form_points_once_per_distinct_form():
+    assert score([sub(form_id="demo-request")], RULES) == 30
+    assert score([sub(form_id="unlisted")], RULES) == 10
+    # the same form again counts as a repeat touch, not as a second form
+    assert score([sub(0, form_id="newsletter"), sub(1, form_id="newsletter")], RULES) == 5 + 4
+
+
+def test_score_adds_points_per_answered_profile_item():
+    assert score([sub(form_id="newsletter", name="Ana", company="Acme", fields={"job_title": "CTO"})], RULES) == (
+        5 + 5 + 10 + 3
+    )
+    assert score([sub(form_id="newsletter", phone="+34 600", fields={"other": "x"})], RULES) == 5
+
+
+def test_repeat_touch_points_are_capped():
+    touches = [sub(i, form_id="newsletter") for i in range(10)]
+    assert score(touches[:2], RULES) == 5 + 4
+    assert score(touches[:3], RULES) == 5 + 8
+    assert score(touches, RULES) == 5 + 10
+
+
+def test_scoring_rules_refuse_unknown_keys():
+    with pytest.raises(ValueError):
+        ScoringRules.model_validate({"forms": {"demo": 30}})
+
+
+def test_the_shipped_scoring_file_loads(tmp_path: Path):
+    rules = load_scoring_rules(DEFAULT_SCORING_CONFIG)
+    assert rules.forms.points["demo-request"] > 0
+    broken = tmp_path / "scoring.yaml"
+    broken.write_text("forms: [not, a, mapping]")
+    with pytest.raises(SystemExit, match="invalid scoring config"):
+        load_scoring_rules(broken)
+
+
+def test_threshold_setting_unset_or_empty_means_off(monkeypatch):
+    monkeypatch.delenv("EMBUDO_MQL_THRESHOLD", raising=False)
+    assert LeadsSettings().mql_threshold is None
+    monkeypatch.setenv("EMBUDO_MQL_THRESHOLD", "")
+    assert LeadsSettings().mql_threshold is None
+    monkeypatch.setenv("EMBUDO_MQL_THRESHOLD", "40")
+    assert LeadsSettings().mql_threshold == 40
+    monkeypatch.setenv("EMBUDO_SCORING_CONFIG", "/etc/embudo/scoring.yaml")
+    assert str(LeadsSettings().scoring_config) == "/etc/embudo/scoring.yaml"
