@@ -14,10 +14,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.leads import store
 from services.leads.handlers import change_stage, record_submission
 from services.leads.main import build_app
 from services.leads.settings import LeadsSettings, load_scoring_rules
-from services.leads import store
 from shared.events import Envelope, FormSubmission, Utm
 from shared.kafka import EventProducer
 from shared.topics import FORM_SUBMISSIONS, LEAD_EVENTS, ensure_topics
@@ -147,7 +147,9 @@ async def test_first_submission_creates_a_lead_and_publishes_lead_created(leads,
 
     detail = await leads.detail(lead["lead_id"])
     assert detail["email"] == "ana@example.com"
-    assert detail["profile"] == {"name": "Ana", "company": "Acme", "phone": None, "fields": {"job_title": "CTO"}}
+    assert detail["profile"] == {
+        "name": "Ana", "company": "Acme", "phone": None, "fields": {"job_title": "CTO"},
+    }
     assert detail["score"] == 45
     assert detail["stage"] == "lead"
     assert parse(detail["created_at"]) == sent.occurred_at
@@ -193,7 +195,8 @@ async def test_a_duplicate_event_id_changes_nothing(leads, producer, lead_events
     assert detail["touch_count"] == 2 and len(detail["touches"]) == 2
     assert detail["score"] == 5 + 5 + 5  # newsletter, name, one repeat touch: the copies add nothing
     async with leads.app.state.pool.acquire() as conn:
-        assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", first.event_id) == 1
+        copies = "SELECT count(*) FROM processed_events WHERE event_id = $1"
+        assert await conn.fetchval(copies, first.event_id) == 1
 
 
 async def test_an_older_submission_arriving_late_moves_created_at_and_the_first_touch_back(

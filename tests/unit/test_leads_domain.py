@@ -155,9 +155,8 @@ def test_score_adds_form_points_once_per_distinct_form():
 
 
 def test_score_adds_points_per_answered_profile_item():
-    assert score([sub(form_id="newsletter", name="Ana", company="Acme", fields={"job_title": "CTO"})], RULES) == (
-        5 + 5 + 10 + 3
-    )
+    complete = sub(form_id="newsletter", name="Ana", company="Acme", fields={"job_title": "CTO"})
+    assert score([complete], RULES) == 5 + 5 + 10 + 3
     assert score([sub(form_id="newsletter", phone="+34 600", fields={"other": "x"})], RULES) == 5
 
 
