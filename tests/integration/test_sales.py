@@ -356,7 +356,7 @@ async def test_only_the_first_won_deal_makes_a_new_customer(client, db, leads_ou
 
 
 async def test_revenue_needs_a_customer_and_records_an_event_id_once(client, db, leads_out, deal_events):
-    lead, deal = await deal_for(client, db, leads_out)
+    lead, deal = await deal_for(client, db, leads_out, occurred_at=(now() - 10 * DAY).isoformat())
     path = f"/v1/customers/{lead.lead_id}/revenue"
     body = {"amount": "99.90", "currency": "EUR", "kind": "renewal", "event_id": str(uuid.uuid4())}
 
@@ -364,7 +364,14 @@ async def test_revenue_needs_a_customer_and_records_an_event_id_once(client, db,
     assert not_yet.status_code == 409 and "no won deal" in not_yet.json()["detail"]
     assert (await client.get(f"/v1/customers/{lead.lead_id}")).status_code == 404
 
-    await client.post(f"/v1/deals/{deal['deal_id']}/won", json={"amount": "1000"})
+    won_at = now() - 2 * DAY
+    won = await client.post(
+        f"/v1/deals/{deal['deal_id']}/won", json={"amount": "1000", "occurred_at": won_at.isoformat()}
+    )
+    assert won.status_code == 200
+    before_customer = await client.post(path, json=body | {"occurred_at": (won_at - DAY).isoformat()})
+    assert before_customer.status_code == 422
+    assert "before the lead became a customer" in before_customer.json()["detail"]
     first = await client.post(path, json=body)
     again = await client.post(path, json=body)
     assert first.status_code == 201 and again.status_code == 200
