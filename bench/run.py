@@ -1,0 +1,318 @@
+"""`make bench`: Embudo's throughput and latency on this machine, written to docs/benchmarks.md.
+
+Side by side, in one run, against the local broker and database:
+  a) a raw aiokafka producer (idempotent, acks=all): the ceiling for (b) and (c);
+  b) ingest single-event POSTs/s, load from wrk in a separate process;
+  c) ingest events/s in batches of 100 (acks=all), from wrk;
+  d) ingest -> KPI-visible latency (p50/p95/p99) at a steady 500 events/s;
+  e) the metrics projector's events/s on a backlog, next to a raw aiokafka consumer.
+Services run as separate processes, in their own topic namespace and databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.consumer import EventConsumer
+from shared.db import apply_migrations, create_pool
+from shared.events import CampaignEvent, Envelope
+from shared.kafka import EventProducer
+from shared.topics import CAMPAIGN_EVENTS, Topic, ensure_topics
+from tests.e2e.stack import API_TOKEN, WRITE_KEY, Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://embudo:embudo@127.0.0.1:5432/postgres")
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+TARGETS = {"b": 3_000, "c": 20_000, "d_p99_ms": 1_000, "e": 10_000}
+
+
+def campaign_envelope(campaign_id: str = "bench") -> Envelope:
+    return Envelope.wrap(
+        CampaignEvent(campaign_id=campaign_id, channel="cpc", event="click", count=1),
+        source="bench", key=campaign_id, occurred_at=datetime.now(UTC),
+    )
+
+
+async def new_database(name_hint: str) -> str:
+    name = f"embudo_bench_{name_hint}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(ADMIN_DSN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_databases(dsns: list[str]) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    for dsn in dsns:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
+    await conn.close()
+
+
+# --- (a) raw producer ------------------------------------------------------------------------
+
+
+async def raw_producer(prefix: str, count: int) -> float:
+    topic = Topic(f"{prefix}raw-producer", keyed_by="-", partitions=6, event_types=())
+    await ensure_topics(BOOTSTRAP, (topic,))
+    value = campaign_envelope().to_bytes()
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, enable_idempotence=True, acks="all",
+                                linger_ms=2, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        pending = [await producer.send(topic.name, value=value, key=str(i % 64).encode()) for i in range(count)]
+        await asyncio.gather(*pending)
+        return count / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+# --- (b), (c) ingest under wrk ------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    return shutil.which("wrk") or "wrk"
+
+
+def wrk(url: str, body: dict, seconds: int, connections: int) -> tuple[float, dict[str, int]]:
+    """Requests/s and the status codes wrk saw (a Lua script posts the body and counts them)."""
+    script = f"""
+wrk.method = "POST"
+wrk.body = [[{json.dumps(body)}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {WRITE_KEY}"
+local counts = {{}}
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function init() counts = {{}} end
+function response(status) counts[status] = (counts[status] or 0) + 1 end
+function done()
+  local all = {{}}
+  for _, t in ipairs(threads) do
+    local c = t:get("counts")
+    for k, v in pairs(c) do all[k] = (all[k] or 0) + v end
+  end
+  for k, v in pairs(all) do io.write(string.format("STATUS %d %d\\n", k, v)) end
+end
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    out = subprocess.run(
+        [ensure_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    statuses = {}
+    requests_per_s = 0.0
+    for line in out.splitlines():
+        if line.startswith("STATUS"):
+            _, code, n = line.split()
+            statuses[code] = int(n)
+        if line.startswith("Requests/sec:"):
+            requests_per_s = float(line.split()[1])
+    ok = statuses.get("202", 0) / max(1, sum(statuses.values()))
+    return requests_per_s * ok, statuses
+
+
+# --- (d) ingest -> KPI latency -----------------------------------------------------------------
+
+
+async def kpi_latency(stack: Stack, rate: int, seconds: int) -> list[float]:
+    """Post clicks at `rate`/s; every 25th goes to a probe campaign of its own, polled on the
+    metrics API until its click shows. Latency = visible - sent."""
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {WRITE_KEY}"}
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=headers, timeout=10) as ingest, \
+            httpx.AsyncClient(base_url=stack.url("metrics"), headers=auth, timeout=10) as metrics:
+
+        async def probe(campaign_id: str, sent_at: float) -> None:
+            while time.perf_counter() - sent_at < 30:
+                kpis = (await metrics.get("/v1/kpis", params={"campaign_id": campaign_id})).json()
+                if kpis.get("clicks"):
+                    latencies.append(time.perf_counter() - sent_at)
+                    return
+                await asyncio.sleep(0.01)
+
+        probes = []
+        tick = 1 / rate
+        started = time.perf_counter()
+        for i in range(rate * seconds):
+            campaign_id = f"probe-{i}" if i % 25 == 0 else "steady"
+            sent_at = time.perf_counter()
+            body = {"campaign_id": campaign_id, "channel": "cpc", "event": "click"}
+            asyncio.create_task(ingest.post("/v1/campaign-events", json=body))
+            if campaign_id != "steady":
+                probes.append(asyncio.create_task(probe(campaign_id, sent_at)))
+            await asyncio.sleep(max(0.0, started + (i + 1) * tick - time.perf_counter()))
+        await asyncio.gather(*probes)
+    return latencies
+
+
+# --- (e) projector vs raw consumer on a backlog ---------------------------------------------
+
+
+async def fill_backlog(prefix: str, count: int) -> None:
+    await ensure_topics(BOOTSTRAP, (CAMPAIGN_EVENTS,), prefix=prefix)
+    producer = EventProducer(BOOTSTRAP, client_id="bench", send_timeout=60, topic_prefix=prefix)
+    await producer.start()
+    for start in range(0, count, 5000):
+        events = [campaign_envelope(f"c{i % 50}") for i in range(start, min(count, start + 5000))]
+        await producer.publish_many(CAMPAIGN_EVENTS, events)
+    await producer.stop()
+
+
+async def raw_consumer(prefix: str, count: int) -> float:
+    consumer = AIOKafkaConsumer(prefix + CAMPAIGN_EVENTS.name, bootstrap_servers=BOOTSTRAP,
+                                group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    seen, started = 0, None
+    try:
+        while seen < count:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            if batch and started is None:
+                started = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    Envelope.from_bytes(record.value)  # a consumer that does nothing is no baseline
+                    seen += 1
+        return count / (time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        await consumer.stop()
+
+
+async def projector(prefix: str, count: int, dsn: str) -> float:
+    from services.metrics.handlers import HANDLERS
+    from services.metrics.main import MIGRATIONS
+
+    pool = await create_pool(dsn, max_size=4)
+    await apply_migrations(pool, MIGRATIONS)
+    producer = EventProducer(BOOTSTRAP, client_id="bench", topic_prefix=prefix)
+    consumer = EventConsumer(group=f"bench-metrics-{uuid.uuid4().hex[:6]}", topics=[CAMPAIGN_EVENTS],
+                             handlers=HANDLERS, pool=pool, producer=producer, bootstrap_servers=BOOTSTRAP,
+                             topic_prefix=prefix)
+    task = asyncio.create_task(consumer.run())
+    started = None
+    try:
+        while (done := await pool.fetchval("SELECT count(*) FROM processed_events")) < count:
+            if done and started is None:
+                started = time.perf_counter()
+            await asyncio.sleep(0.05)
+        return count / (time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
+        await pool.close()
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))) // 1024 // 1024
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem} GiB RAM, {platform.platform()}, Python {platform.python_version()}, "
+            f"{java}; Kafka 4 (one KRaft node) and PostgreSQL on the same machine as the services and the load.")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def main(args: argparse.Namespace) -> None:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    await ensure_topics(BOOTSTRAP, prefix=prefix)
+    results: dict[str, object] = {}
+    print("(a) raw producer ...", file=sys.stderr)
+    results["a"] = await raw_producer(prefix, args.producer_messages)
+
+    dsns = {s: await new_database(s) for s in ("leads", "sales", "metrics")}
+    stack = Stack(BOOTSTRAP, dsns, prefix, ROOT / ".run" / "bench-logs",
+                  extra_env={"EMBUDO_RATE_LIMIT_PER_SECOND": "1000000", "EMBUDO_RATE_LIMIT_BURST": "1000000"})
+    try:
+        stack.start_all()
+        single = {"form_id": "bench", "email": "visitor@example.com", "utm": {"campaign": "bench", "medium": "cpc"}}
+        print("(b) single POSTs ...", file=sys.stderr)
+        rate_b, statuses_b = wrk(f"{stack.url('ingest')}/v1/form-submissions", single, args.seconds, 64)
+        batch = {"batch": [{"type": "form_submission", **single}] * 100}
+        print("(c) batches of 100 ...", file=sys.stderr)
+        rate_c, statuses_c = wrk(f"{stack.url('ingest')}/v1/batch", batch, args.seconds, 16)
+        results.update(b=rate_b, b_status=statuses_b, c=rate_c * 100, c_status=statuses_c)
+        print("(d) latency at 500/s ...", file=sys.stderr)
+        await asyncio.sleep(5)  # let leads and metrics drain what (b) and (c) produced
+        latencies = await kpi_latency(stack, 500, args.seconds)
+        results["d"] = {p: percentile(latencies, p) * 1000 for p in (50, 95, 99)} | {"probes": len(latencies)}
+    finally:
+        stack.stop_all()
+
+    print("(e) projector vs raw consumer ...", file=sys.stderr)
+    backlog_prefix = f"backlog{uuid.uuid4().hex[:6]}."
+    await fill_backlog(backlog_prefix, args.backlog)
+    results["e_raw"] = await raw_consumer(backlog_prefix, args.backlog)
+    projector_db = await new_database("projector")
+    results["e"] = await projector(backlog_prefix, args.backlog, projector_db)
+    await drop_databases([*dsns.values(), projector_db])
+    write_report(results, args)
+
+
+def write_report(r: dict, args: argparse.Namespace) -> None:
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    d = r["d"]
+    text = f"""# Benchmarks
+
+Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: {machine()}
+
+| | measure | result | target | |
+|---|---|---|---|---|
+| a | raw aiokafka producer (idempotent, acks=all), {args.producer_messages:,} messages | {r['a']:,.0f} msg/s | ceiling | |
+| b | ingest single-event POSTs (wrk, 64 connections, {args.seconds}s) | {r['b']:,.0f} req/s | ≥ 3,000 | {mark(r['b'] >= TARGETS['b'])} |
+| c | ingest events in batches of 100, acks=all (wrk, 16 connections) | {r['c']:,.0f} events/s | ≥ 20,000 | {mark(r['c'] >= TARGETS['c'])} |
+| d | ingest → KPI visible at 500 events/s ({d['probes']} probes) | p50 {d[50]:.0f} ms, p95 {d[95]:.0f} ms, p99 {d[99]:.0f} ms | p99 ≤ 1,000 ms | {mark(d[99] <= TARGETS['d_p99_ms'])} |
+| e | metrics projector on a backlog of {args.backlog:,} events | {r['e']:,.0f} events/s | ≥ 10,000 | {mark(r['e'] >= TARGETS['e'])} |
+| e′ | raw aiokafka consumer (parse only) on the same backlog | {r['e_raw']:,.0f} events/s | baseline | |
+
+Ratios: b/a = {r['b'] / r['a']:.3f}, c/a = {r['c'] / r['a']:.3f}, e/e′ = {r['e'] / r['e_raw']:.3f}.
+
+Only 2xx responses count in b and c (status codes seen: b {r['b_status']}, c {r['c_status']}).
+Everything — broker, database, four services and the load generator — shares this machine's CPUs,
+so these are lower bounds for a deployment that gives each its own cores.
+"""
+    notes = ROOT / "docs" / "benchmarks-notes.md"
+    if notes.exists():
+        text += "\n" + notes.read_text()
+    (ROOT / "docs" / "benchmarks.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--producer-messages", type=int, default=200_000)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    asyncio.run(main(parser.parse_args()))
