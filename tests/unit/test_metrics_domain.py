@@ -1,0 +1,126 @@
+"""The metrics rules without I/O: periods, buckets, KPI arithmetic, ETags."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from services.metrics.domain import (
+    STAGE_RANK,
+    InvalidQuery,
+    Period,
+    RawAggregates,
+    bucket_periods,
+    etag,
+    etag_matches,
+    kpis,
+    parse_instant,
+    resolve_period,
+)
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+def test_dates_are_utc_midnight_and_datetimes_need_an_offset():
+    assert parse_instant("2025-03-01", "from") == utc(2025, 3, 1)
+    assert parse_instant("2025-03-01T02:00:00+02:00", "from") == utc(2025, 3, 1)
+    assert parse_instant("2025-03-01T10:30:00Z", "from") == utc(2025, 3, 1, 10, 30)
+    with pytest.raises(InvalidQuery, match="offset"):
+        parse_instant("2025-03-01T10:30:00", "from")
+    for bad in ("2025-02-30", "yesterday", "", "0001-01-01T00:00:00+01:00"):
+        with pytest.raises(InvalidQuery) as error:
+            parse_instant(bad, "to")
+        assert error.value.field == "to"
+
+
+def test_default_period_is_the_30_days_ending_with_today():
+    now = utc(2025, 3, 10, 15, 45)
+    assert resolve_period(None, None, now) == Period(utc(2025, 2, 9), utc(2025, 3, 11))
+    assert resolve_period(None, "2025-03-01", now) == Period(utc(2025, 1, 30), utc(2025, 3, 1))
+    assert resolve_period("2025-03-05", None, now) == Period(utc(2025, 3, 5), utc(2025, 3, 11))
+
+
+def test_from_must_be_before_to():
+    with pytest.raises(InvalidQuery) as error:
+        resolve_period("2025-03-01", "2025-03-01", utc(2025, 3, 10))
+    assert error.value.field == "from"
+
+
+def test_buckets_start_at_from_and_the_last_ends_at_to():
+    period = Period(utc(2025, 3, 1, 12), utc(2025, 3, 4))
+    assert bucket_periods(period, "day", 366) == [
+        Period(utc(2025, 3, 1, 12), utc(2025, 3, 2, 12)),
+        Period(utc(2025, 3, 2, 12), utc(2025, 3, 3, 12)),
+        Period(utc(2025, 3, 3, 12), utc(2025, 3, 4)),
+    ]
+    weeks = bucket_periods(Period(utc(2025, 3, 1), utc(2025, 4, 1)), "week", 366)
+    assert [b.start.day for b in weeks] == [1, 8, 15, 22, 29] and weeks[-1].end == utc(2025, 4, 1)
+
+
+def test_month_buckets_clamp_to_the_end_of_short_months():
+    months = bucket_periods(Period(utc(2025, 1, 31), utc(2025, 5, 1)), "month", 366)
+    assert [(b.start.date().isoformat(), b.end.date().isoformat()) for b in months] == [
+        ("2025-01-31", "2025-02-28"),
+        ("2025-02-28", "2025-03-31"),
+        ("2025-03-31", "2025-04-30"),
+        ("2025-04-30", "2025-05-01"),
+    ]
+
+
+def test_too_many_buckets_is_refused():
+    assert len(bucket_periods(Period(utc(2024, 1, 1), utc(2025, 1, 1)), "day", 366)) == 366
+    with pytest.raises(InvalidQuery) as error:
+        bucket_periods(Period(utc(2024, 1, 1), utc(2025, 1, 2)), "day", 366)
+    assert error.value.field == "interval"
+
+
+def test_disqualified_reaches_nothing_further():
+    assert STAGE_RANK["disqualified"] == STAGE_RANK["lead"] < STAGE_RANK["mql"] < STAGE_RANK["sql"]
+
+
+def test_kpis_with_no_facts_are_zero_or_null():
+    result = kpis(RawAggregates())
+    assert (result["revenue"], result["spend"], result["leads_generated"]) == ("0.00", "0.00", 0)
+    nullable = ["cac", "conversion_rate", "roi", "close_rate", "ltv", "win_rate", "ltv_to_cac"]
+    assert [result[name] for name in nullable] == [None] * len(nullable)
+    assert set(result["conversion_rates"].values()) == {None}
+
+
+def test_kpi_arithmetic_money_and_rounding():
+    raw = RawAggregates(
+        clicks=57, spend=Decimal("400.00"), leads=8, mql=6, sql=5, opportunity=5, customer=3,
+        deals_won=3, deals_lost=2, won_revenue=Decimal("1600.00"), recorded_revenue=Decimal("200.01"),
+        new_customers=3, new_customers_lifetime_revenue=Decimal("1850.00"),
+        sales_cycle_average=8.166666, sales_cycle_median=10.5,
+    )  # fmt: skip
+    result = kpis(raw)
+    assert result["revenue"] == "1800.01"
+    assert result["cac"] == "133.33"  # 400 / 3
+    assert result["ltv"] == "616.67"  # 1850 / 3, half up
+    assert result["ltv_to_cac"] == 4.625  # from unrounded ltv and cac
+    assert result["roi"] == 3.5  # (1800.01 - 400) / 400 = 3.500025
+    assert result["conversion_rate"] == result["conversion_rates"]["click_to_lead"] == 0.1404
+    assert result["conversion_rates"]["mql_to_sql"] == 0.8333
+    assert result["win_rate"] == 0.6 and result["close_rate"] == 0.375
+    assert result["sales_cycle_days"] == {"average": 8.1667, "median": 10.5}
+
+
+def test_spend_without_customers_and_customers_without_spend():
+    no_customers = kpis(RawAggregates(spend=Decimal("100")))
+    assert (no_customers["cac"], no_customers["ltv"], no_customers["roi"]) == (None, None, -1.0)
+    free = kpis(RawAggregates(new_customers=2, new_customers_lifetime_revenue=Decimal("300")))
+    assert (free["cac"], free["ltv"], free["roi"], free["ltv_to_cac"]) == ("0.00", "150.00", None, None)
+
+
+def test_etags_follow_state_and_question():
+    tag = etag("e1e2e3e4e5", 7, "/v1/kpis", "q")
+    assert tag.startswith('W/"') and tag != etag("e1e2e3e4e5", 8, "/v1/kpis", "q")
+    assert tag != etag("e1e2e3e4e5", 7, "/v1/kpis", "other")
+    assert tag != etag("f1e2e3e4e5", 7, "/v1/kpis", "q")
+    assert etag_matches(tag, tag) and etag_matches(tag.removeprefix("W/"), tag)
+    assert etag_matches(f'"x", {tag}', tag) and etag_matches("*", tag)
+    assert not etag_matches(None, tag) and not etag_matches('"x"', tag)
