@@ -277,7 +277,7 @@ def item_errors(errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
 
 class TokenBucket:
     """`rate` tokens per second, holding at most `burst`. A request is admitted while the
-    bucket is not empty and takes its whole cost, possibly going into debt: a batch larger
+    bucket holds a whole token, and takes its whole cost, possibly going into debt: a batch larger
     than what is left still passes, and the debt delays whoever comes next. The long-run
     rate stays `rate`, and no batch size is ever impossible."""
 
@@ -291,7 +291,7 @@ class TokenBucket:
         """0 when admitted (cost deducted); otherwise the seconds until it would be."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens > 0:
+        if self.tokens >= 1:
             self.tokens -= cost
             return 0.0
         return (1 - self.tokens) / self.rate

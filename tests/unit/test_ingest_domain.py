@@ -225,6 +225,12 @@ def test_token_bucket_admits_its_burst_then_refills_at_its_rate():
     assert bucket.take(1, 0.5) == 0
 
 
+def test_a_fraction_of_a_token_admits_nothing():
+    bucket = TokenBucket(rate=0.001, burst=1, now=0.0)
+    assert bucket.take(1, 0.0) == 0
+    assert bucket.take(1, 5.0) == pytest.approx(995.0)
+
+
 def test_a_batch_larger_than_what_is_left_passes_and_its_debt_delays_the_next():
     bucket = TokenBucket(rate=10, burst=100, now=0.0)
     assert bucket.take(150, 0.0) == 0  # 50 in debt
