@@ -77,7 +77,7 @@ class EventInput(BaseModel):
 class FormSubmissionInput(EventInput):
     type: Literal["form_submission"] = "form_submission"  # required only inside a batch
     form_id: str = Field(min_length=1, max_length=100)
-    email: str
+    email: str = Field(json_schema_extra={"format": "email"})
     name: ShortText | None = None
     company: ShortText | None = None
     phone: ShortText | None = None
