@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -42,39 +43,35 @@ router = APIRouter(prefix="/v1", tags=["ingest"])
 JSON = "application/json"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
-# --- dependencies (async: sync ones would each cost a thread-pool hop per request) -------
+# --- the one dependency: who is calling, and what accepting their events needs --------
 
 
-async def _settings(request: Request) -> IngestSettings:
-    return request.app.state.settings
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: str  # the write key, checked
+    settings: IngestSettings
+    producer: EventProducer
+    limiter: RateLimiter
+    redirect_hosts: frozenset[str]
 
 
-async def _producer(request: Request) -> EventProducer:
-    return request.app.state.producer
-
-
-async def _rate_limiter(request: Request) -> RateLimiter:
-    return request.app.state.rate_limiter
-
-
-async def require_write_key(request: Request) -> str:
+async def authenticated(request: Request) -> Caller:
     """The write key from `Authorization: Bearer`, or from `?key=` (HTML forms and
-    beacons cannot set headers). Compared in constant time."""
+    beacons cannot set headers), compared in constant time. One async dependency on
+    purpose: each extra one costs a little on every request, and sync ones a thread hop."""
+    state = request.app.state
     key = bearer_token(request) or request.query_params.get("key")
-    if not token_matches(key, request.app.state.settings.write_key_list):
+    if not token_matches(key, state.write_keys):
         raise Problem(
             401,
             "A valid write key is required: 'Authorization: Bearer <write key>' or '?key=<write key>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
     assert key is not None
-    return key
+    return Caller(key, state.settings, state.producer, state.rate_limiter, state.redirect_hosts)
 
 
-Settings = Annotated[IngestSettings, Depends(_settings)]
-Producer = Annotated[EventProducer, Depends(_producer)]
-Limiter = Annotated[RateLimiter, Depends(_rate_limiter)]
-WriteKey = Annotated[str, Depends(require_write_key)]
+Authenticated = Annotated[Caller, Depends(authenticated)]
 
 # --- reading bodies ---------------------------------------------------------------------
 
@@ -113,16 +110,11 @@ async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any
 
 
 async def accept(
-    items: Sequence[FormSubmissionInput | CampaignEventInput],
-    *,
-    key: str,
-    now: datetime,
-    settings: IngestSettings,
-    producer: EventProducer,
-    limiter: RateLimiter,
+    items: Sequence[FormSubmissionInput | CampaignEventInput], caller: Caller, now: datetime
 ) -> list[str]:
     """Turn valid items into events and publish them all; returns their event_ids once
     Kafka acknowledged every one."""
+    settings = caller.settings
     prepared: list[store.Prepared] = []
     event_ids: list[str] = []
     too_large: list[int] = []
@@ -138,11 +130,11 @@ async def accept(
             413, f"An event may be at most {settings.max_event_bytes} bytes as published.",
             title="Event too large", items=too_large,
         )
-    wait = limiter.take(key, len(prepared), time.monotonic())
+    wait = caller.limiter.take(caller.key, len(prepared), time.monotonic())
     if wait:
         raise Problem(429, "Rate limit for this write key exceeded.", headers={"Retry-After": str(wait)})
     try:
-        await store.publish(producer, prepared)
+        await store.publish(caller.producer, prepared)
     except PublishUnavailable:
         raise Problem(
             503, "The event log did not acknowledge in time; retry with the same event_ids.",
@@ -223,11 +215,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
 )
 async def post_form_submission(
-    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+    request: Request, caller: Authenticated
 ) -> Response:
     """A lead-capture form submission, as JSON or straight from an HTML form."""
     now = utcnow()
-    ctx = context(settings.currency, now)
+    ctx = context(caller.settings.currency, now)
     media = media_type(request)
     redirect = None
     if media in FORM_TYPES:
@@ -246,10 +238,8 @@ async def post_form_submission(
         submission = await read_json(request, FormSubmissionInput, ctx)
     else:
         raise unsupported([JSON, *FORM_TYPES])
-    event_ids = await accept(
-        [submission], key=key, now=now, settings=settings, producer=producer, limiter=limiter
-    )
-    target = safe_redirect(redirect, settings.redirect_hosts)
+    event_ids = await accept([submission], caller, now)
+    target = safe_redirect(redirect, caller.redirect_hosts)
     if target is not None:
         return RedirectResponse(target, status_code=303)
     return accepted(event_ids)
@@ -262,14 +252,12 @@ async def post_form_submission(
     openapi_extra=request_body((JSON, inline_schema(CampaignEventInput))),
 )
 async def post_campaign_event(
-    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+    request: Request, caller: Authenticated
 ) -> Response:
     """An impression, click or spend of a campaign, from an ad platform or a script."""
     now = utcnow()
-    event = await read_json(request, CampaignEventInput, context(settings.currency, now))
-    return accepted(
-        await accept([event], key=key, now=now, settings=settings, producer=producer, limiter=limiter)
-    )
+    event = await read_json(request, CampaignEventInput, context(caller.settings.currency, now))
+    return accepted(await accept([event], caller, now))
 
 
 @router.post(
@@ -279,7 +267,7 @@ async def post_campaign_event(
     openapi_extra=request_body((JSON, inline_schema(BatchInput))),
 )
 async def post_batch(
-    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+    request: Request, caller: Authenticated
 ) -> Response:
     """1–500 form submissions and campaign events, each with its `type`. All or nothing:
     one invalid item and none is published."""
@@ -287,7 +275,8 @@ async def post_batch(
     if not is_json(media_type(request)):
         raise unsupported([JSON])
     try:
-        batch = BatchInput.model_validate_json(await request.body(), context=context(settings.currency, now))
+        ctx = context(caller.settings.currency, now)
+        batch = BatchInput.model_validate_json(await request.body(), context=ctx)
     except ValidationError as exc:
         problem = problem_for(exc)
         if problem.status == 400:
@@ -297,6 +286,4 @@ async def post_batch(
             422, "The batch has invalid items; nothing was published.", title="Validation failed",
             items=items, errors=rest,
         ) from None
-    return accepted(
-        await accept(batch.batch, key=key, now=now, settings=settings, producer=producer, limiter=limiter)
-    )
+    return accepted(await accept(batch.batch, caller, now))

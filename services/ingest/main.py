@@ -19,6 +19,9 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
     app = create_app(
         ServiceSpec(name="ingest", settings=settings, routers=[router], migrations=None, handlers=HANDLERS)
     )
+    # Parsed once here, not on every request.
+    app.state.write_keys = settings.write_key_list
+    app.state.redirect_hosts = settings.redirect_hosts
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     if settings.cors_origin_list:
         # Outermost, so a browser's preflight is answered before anything else runs.
