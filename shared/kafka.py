@@ -29,6 +29,8 @@ class EventProducer:
         self.client_id = client_id
         self.send_timeout = send_timeout
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+        self._stopping: set[asyncio.Task] = set()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -44,13 +46,16 @@ class EventProducer:
 
     async def start(self) -> None:
         """Connect; raises PublishUnavailable when the broker cannot be reached in time."""
+        await self._ready()
+
+    async def _connect(self) -> AIOKafkaProducer:
         producer = self._new_producer()
         try:
             await asyncio.wait_for(producer.start(), self.send_timeout)
         except (TimeoutError, KafkaError, OSError) as exc:
-            await producer.stop()
+            self._stop_in_background(producer)
             raise PublishUnavailable(f"cannot connect to Kafka: {exc!r}") from exc
-        self._producer = producer
+        return producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -63,9 +68,26 @@ class EventProducer:
 
     async def _ready(self) -> AIOKafkaProducer:
         if self._producer is None:
-            await self.start()
-        assert self._producer is not None
+            async with self._starting:  # concurrent requests share one connection attempt
+                if self._producer is None:
+                    self._producer = await self._connect()
         return self._producer
+
+    def _discard(self, producer: AIOKafkaProducer) -> None:
+        """Replace a producer that failed. After an outage aiokafka's idempotent producer can
+        be left with broken sequence numbers (OutOfOrderSequenceNumber on every later send);
+        a new producer gets a new producer id and starts clean. Unacknowledged events were
+        answered with 503, and their retries carry the same event_ids."""
+        if self._producer is producer:
+            self._producer = None
+            self._stop_in_background(producer)
+
+    def _stop_in_background(self, producer: AIOKafkaProducer) -> None:
+        # stop() flushes, which can wait on a dead broker: never on a request's path.
+        task = asyncio.get_running_loop().create_task(asyncio.wait_for(producer.stop(), 30))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def publish(self, topic: Topic, event: Envelope) -> None:
         await self.publish_many(topic, [event])
@@ -96,11 +118,15 @@ class EventProducer:
         headers: Sequence[tuple[str, bytes]] | None,
     ) -> None:
         producer = await self._ready()
-        pending = [
-            await producer.send(topic_name, value=value, key=key, headers=list(headers or ()))
-            for key, value in messages
-        ]
-        await asyncio.gather(*pending)
+        try:
+            pending = [
+                await producer.send(topic_name, value=value, key=key, headers=list(headers or ()))
+                for key, value in messages
+            ]
+            await asyncio.gather(*pending)
+        except (asyncio.CancelledError, KafkaError, OSError):
+            self._discard(producer)  # cancelled = our outer timeout fired: the broker is away or slow
+            raise
 
     async def check(self) -> bool:
         """Readiness: can we fetch cluster metadata right now?"""

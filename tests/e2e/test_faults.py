@@ -1,0 +1,139 @@
+"""Faults while events flow: kill -9 of a service mid-stream, and a broker outage under
+ingest. At the end nothing is lost and nothing is counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from tests.e2e.funnel import Scenario
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+async def flow(scenario: Scenario, clicks: int, submissions: int, *, resend_every: int = 10) -> dict[str, int]:
+    """Post clicks and form submissions from a few concurrent clients. Every `resend_every`-th
+    request is sent twice with the same event_id, like a client that never saw the first 202."""
+    statuses: dict[str, int] = {}
+    start = scenario.day(1)
+
+    async def click(i: int) -> None:
+        event_id = str(uuid.uuid4())
+        for _ in range(2 if i % resend_every == 0 else 1):
+            await scenario.campaign_event("flow", "cpc", "click", start + timedelta(seconds=i), event_id=event_id)
+        statuses["click"] = statuses.get("click", 0) + 1
+
+    async def submit(i: int) -> None:
+        event_id = str(uuid.uuid4())
+        for _ in range(2 if i % resend_every == 0 else 1):
+            await scenario.submit(f"visitor{i}@example.com", start + timedelta(seconds=i), "flow", "cpc",
+                                  event_id=event_id)
+        statuses["submission"] = statuses.get("submission", 0) + 1
+
+    jobs = [click(i) for i in range(clicks)] + [submit(i) for i in range(submissions)]
+    limit = asyncio.Semaphore(8)
+
+    async def limited(job) -> None:
+        async with limit:
+            await job
+
+    await asyncio.gather(*(limited(job) for job in jobs))
+    return statuses
+
+
+def unique_facts(scenario: Scenario) -> None:
+    """The scenario recorded resent events twice; the truth has each event once."""
+    seen, events = set(), []
+    for event in scenario.facts.campaign_events:
+        key = (event["at"], event["event"], event["campaign_id"])
+        if key not in seen:
+            seen.add(key)
+            events.append(event)
+    scenario.facts.campaign_events = events
+    for lead in scenario.facts.leads.values():
+        lead.touches = sorted(set(lead.touches))
+
+
+async def test_kill_9_of_metrics_and_of_leads_mid_stream_loses_and_doubles_nothing(stack: Stack):
+    scenario = Scenario(stack)
+    try:
+        flowing = asyncio.create_task(flow(scenario, clicks=600, submissions=200))
+        await asyncio.sleep(1.0)
+        stack.kill("metrics")
+        await asyncio.sleep(0.5)
+        stack.start("metrics")
+        await asyncio.sleep(0.5)
+        stack.kill("leads")
+        await asyncio.sleep(0.5)
+        stack.start("leads")
+        done = await flowing
+        assert done == {"click": 600, "submission": 200}
+        # And once more after the flow, with a backlog waiting for the restarted process.
+        stack.kill("metrics")
+        stack.start("metrics")
+
+        unique_facts(scenario)
+        expected = scenario.expected(campaign_id="flow")
+        assert expected["clicks"] == 600 and expected["leads_generated"] == 200
+        await scenario.kpis_settle_at(expected, **scenario.period(), campaign_id="flow")
+        await asyncio.sleep(2)  # a late double count would show up now
+        assert await scenario.kpis_settle_at(expected, timeout=1, **scenario.period(), campaign_id="flow")
+    finally:
+        await scenario.close()
+
+
+async def test_broker_outage_gives_503s_and_retried_events_are_counted_once(
+    private_broker, new_database, topic_prefix, tmp_path
+):
+    dsns = {service: await new_database() for service in ("leads", "sales", "metrics")}
+    stack = Stack(private_broker.bootstrap, dsns, topic_prefix, tmp_path / "logs")
+    stack.start_all()
+    scenario = Scenario(stack)
+    try:
+        unavailable = 0
+        sent = 0
+        start = scenario.day(2)
+
+        async def send_until_accepted(i: int) -> None:
+            """A retrying client: same body, same event_id, until 202."""
+            nonlocal unavailable
+            body = {"event_id": str(uuid.uuid4()), "campaign_id": "outage", "channel": "cpc", "event": "click",
+                    "occurred_at": (start + timedelta(seconds=i)).isoformat()}
+            while True:
+                response = await scenario.post_ingest("/v1/campaign-events", body, retry_unavailable=False)
+                if response.status_code == 202:
+                    return
+                assert response.status_code == 503, response.text
+                assert response.headers["Retry-After"]
+                assert response.headers["content-type"].startswith("application/problem+json")
+                unavailable += 1
+                await asyncio.sleep(0.2)
+
+        async def steady_clients() -> None:
+            nonlocal sent
+            pending = []
+            for i in range(300):
+                pending.append(asyncio.create_task(send_until_accepted(i)))
+                sent += 1
+                await asyncio.sleep(0.02)
+            await asyncio.gather(*pending)
+
+        clients = asyncio.create_task(steady_clients())
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(private_broker.stop)
+        await asyncio.sleep(3)
+        await asyncio.to_thread(private_broker.start)
+        await asyncio.wait_for(clients, 180)
+
+        assert unavailable > 0, "the outage was never visible to clients"
+        expected = {"clicks": sent}
+        await scenario.kpis_settle_at(expected, timeout=120, **scenario.period(), campaign_id="outage")
+        await asyncio.sleep(2)
+        assert (await scenario.kpis(**scenario.period(), campaign_id="outage"))["clicks"] == sent
+    finally:
+        await scenario.close()
+        stack.stop_all()
