@@ -93,7 +93,8 @@ def problem_for(exc: ValidationError, path: Callable[[Sequence[Any]], str] = fie
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
         return Problem(400, "The request body is not valid JSON.", title="Malformed JSON")
-    listed = [{"field": path(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    # An empty path means the body itself (e.g. an array where an object belongs).
+    listed = [{"field": path(e["loc"]) or "body", "message": e["msg"], "type": e["type"]} for e in errors]
     return Problem(422, "The request has invalid fields.", title="Validation failed", errors=listed)
 
 

@@ -268,7 +268,7 @@ def item_errors(errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             described = {"field": path, "message": error["msg"], "type": error["type"]}
             by_index.setdefault(loc[1], []).append(described)
         else:
-            rest.append({"field": field_path(loc), "message": error["msg"], "type": error["type"]})
+            rest.append({"field": field_path(loc) or "body", "message": error["msg"], "type": error["type"]})
     return [{"index": i, "errors": e} for i, e in sorted(by_index.items())], rest
 
 

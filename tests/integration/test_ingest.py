@@ -322,7 +322,7 @@ async def test_an_unsupported_content_type_is_415(client):
         ("/v1/form-submissions", {**submission(), "utm": {"source": 3, "campain": "x"}},
          ["utm.campain", "utm.source"]),
         ("/v1/form-submissions", {**submission(), "fields": {"a": 1}}, ["fields.a"]),
-        ("/v1/form-submissions", [submission()], [""]),
+        ("/v1/form-submissions", [submission()], ["body"]),
         ("/v1/campaign-events", {"channel": "cpc", "event": "view"}, ["campaign_id", "event"]),
         ("/v1/campaign-events", click(count=0), ["count"]),
         ("/v1/campaign-events", click(event_id="not-a-uuid"), ["event_id"]),
