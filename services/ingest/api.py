@@ -140,6 +140,7 @@ async def accept(
         raise Problem(
             503, "The event log did not acknowledge in time; retry with the same event_ids.",
             headers={"Retry-After": str(settings.unavailable_retry_after_seconds)},
+            event_ids=event_ids,  # so a client that sent none can still retry safely
         ) from None
     return event_ids
 
