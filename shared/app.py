@@ -165,11 +165,12 @@ async def database_answers(pool: asyncpg.Pool) -> bool:
 # --- Annotated dependencies for route functions ---------------------------------------
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+# Async on purpose: FastAPI runs plain-def dependencies in a thread pool on every request.
+async def _pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
-def _producer(request: Request) -> EventProducer:
+async def _producer(request: Request) -> EventProducer:
     return request.app.state.producer
 
 

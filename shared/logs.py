@@ -9,7 +9,9 @@ import sys
 from datetime import UTC, datetime
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-PHONE = re.compile(r"\+?\d[\d ().-]{6,}\d")
+# Digits with spaces, dashes or parentheses (+34 600 123 456, (555) 123-4567), or the
+# dotted 555.123.4567 form; not ISO dates. Dots in general are left alone so IP addresses and versions stay readable.
+PHONE = re.compile(r"(?<![\w.])(?!\d{4}-\d\d-\d\d)\+?\d[\d ()-]{6,}\d(?![\w.])|\b\d{3}\.\d{3}\.\d{4}\b")
 # Attributes every LogRecord has; anything else was passed as `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.events import Envelope
 from shared.topics import ensure_topics
@@ -109,10 +110,15 @@ class TopicReader:
 
     async def open(self) -> None:
         await self.consumer.start()
-        partitions = self.consumer.partitions_for_topic(self.topic)
-        if partitions is None:
-            await self.consumer._client.force_metadata_update()
+        # A topic created a moment ago may not be in the metadata yet: ask until it is.
+        for _ in range(100):
             partitions = self.consumer.partitions_for_topic(self.topic)
+            if partitions:
+                break
+            await self.consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"topic {self.topic} has no partitions")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
         self.consumer.assign(tps)
         ends = await self.consumer.end_offsets(tps)
@@ -163,9 +169,19 @@ async def topic_reader(topics: str) -> AsyncIterator[Callable[[str], Awaitable[T
 
 
 @pytest.fixture
-def topic_prefix() -> str:
-    """A fresh namespace of topics per test: no history from other tests, no shared groups."""
-    return f"t{uuid.uuid4().hex[:10]}."
+async def topic_prefix(kafka_bootstrap: str) -> AsyncIterator[str]:
+    """A fresh namespace of topics per test: no history from other tests, no shared groups.
+    Its topics are deleted afterwards, so the broker doesn't accumulate thousands of them."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield prefix
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

@@ -271,7 +271,8 @@ class Scenario:
             if subset == expected:
                 return actual
             if asyncio.get_running_loop().time() > deadline:
-                assert subset == expected  # shows the difference
+                differences = {k: (subset[k], v) for k, v in expected.items() if subset[k] != v}
+                raise AssertionError(f"KPIs (actual, expected) that differ: {differences}")
             await asyncio.sleep(0.3)
 
     # --- the story --------------------------------------------------------------------------
