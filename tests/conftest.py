@@ -7,26 +7,17 @@ and database that deploy/local/*.sh start (idempotently) on this machine.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
-from fastapi import FastAPI
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.events import Envelope
 from shared.topics import ensure_topics
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCAL = ROOT / "deploy" / "local"
+from tests.support import LOCAL, TopicReader, eventually, serve  # noqa: F401 - re-exported
 
 
 def _docker_answers() -> bool:
@@ -100,59 +91,6 @@ async def new_database(postgres_dsn: str) -> AsyncIterator[Callable[[], Awaitabl
         await conn.close()
 
 
-class TopicReader:
-    """Reads what is published to a topic after the reader was opened."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        self.records: list = []
-
-    async def open(self) -> None:
-        await self.consumer.start()
-        # A topic created a moment ago may not be in the metadata yet: ask until it is.
-        for _ in range(100):
-            partitions = self.consumer.partitions_for_topic(self.topic)
-            if partitions:
-                break
-            await self.consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"topic {self.topic} has no partitions")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
-        self.consumer.assign(tps)
-        ends = await self.consumer.end_offsets(tps)
-        for tp in tps:
-            self.consumer.seek(tp, ends[tp])
-
-    async def close(self) -> None:
-        await self.consumer.stop()
-
-    async def read_until(self, done: Callable[[list], bool], timeout: float = 20.0) -> list:
-        """Collect records until `done(records)` holds; fails the test on timeout."""
-        async def collect() -> None:
-            while not done(self.records):
-                batch = await self.consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    self.records.extend(records)
-
-        await asyncio.wait_for(collect(), timeout)
-        return self.records
-
-    async def events(self, count: int, timeout: float = 20.0) -> list[Envelope]:
-        records = await self.read_until(lambda r: len(r) >= count, timeout)
-        return [Envelope.from_bytes(r.value) for r in records]
-
-    async def quiet(self, seconds: float = 1.5) -> list:
-        """Everything that arrives within `seconds` (to show that nothing more came)."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while (left := deadline - asyncio.get_running_loop().time()) > 0:
-            batch = await self.consumer.getmany(timeout_ms=int(left * 1000) + 1)
-            for records in batch.values():
-                self.records.extend(records)
-        return self.records
-
-
 @pytest.fixture
 async def topic_reader(topics: str) -> AsyncIterator[Callable[[str], Awaitable[TopicReader]]]:
     readers: list[TopicReader] = []
@@ -204,22 +142,3 @@ async def make_settings(topics: str, new_database, topic_prefix: str):
     return make
 
 
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Run an app's lifespan (migrations, consumer, relay) and talk to it in-process."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
-
-
-async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 30.0, interval: float = 0.1):
-    """Poll `check` until it returns something truthy; fail with its last value on timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)

@@ -16,7 +16,7 @@ from services.ingest.settings import IngestSettings
 from shared.events import CampaignEvent, Envelope, FormSubmission
 from shared.settings import DEV_WRITE_KEY
 from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, ensure_topics
-from tests.conftest import eventually, serve
+from tests.support import eventually, serve
 
 pytestmark = pytest.mark.integration
 

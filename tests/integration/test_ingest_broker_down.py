@@ -20,7 +20,7 @@ from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
 from shared.events import Envelope
 from shared.topics import CAMPAIGN_EVENTS, ensure_topics
-from tests.conftest import LOCAL, TopicReader, eventually, serve
+from tests.support import LOCAL, TopicReader, eventually, serve
 from tests.integration.test_ingest import AUTH, KEY, click
 
 pytestmark = pytest.mark.integration

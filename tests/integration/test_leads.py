@@ -22,7 +22,7 @@ from shared.events import Envelope, FormSubmission, Utm
 from shared.kafka import EventProducer
 from shared.topics import FORM_SUBMISSIONS, LEAD_EVENTS, ensure_topics
 from shared.uow import unit_of_work
-from tests.conftest import eventually, serve
+from tests.support import eventually, serve
 
 pytestmark = pytest.mark.integration
 

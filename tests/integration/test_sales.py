@@ -17,7 +17,7 @@ from shared.events import Attribution, Envelope, LeadCreated, LeadStageChanged, 
 from shared.kafka import EventProducer
 from shared.topics import ALL_TOPICS, DEAL_EVENTS, LEAD_EVENTS, ensure_topics
 from shared.uow import unit_of_work
-from tests.conftest import eventually, serve
+from tests.support import eventually, serve
 
 pytestmark = pytest.mark.integration
 
