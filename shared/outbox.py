@@ -46,7 +46,7 @@ class OutboxRelay:
         listener = await asyncpg.connect(self.dsn)
         try:
             while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
-                await asyncio.sleep(self.poll_interval)  # another replica is the active relay
+                await asyncio.sleep(self.poll_interval)  # noqa: ASYNC110 - another replica holds the lock; poll it
             await listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
             polls = 0
             while True:

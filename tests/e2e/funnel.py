@@ -70,7 +70,8 @@ def expected_kpis(facts: Facts, start: datetime, end: datetime, *, campaign_id: 
         return (campaign_id is None or c == campaign_id) and (channel is None or ch == channel)
 
     ads = [e for e in facts.campaign_events if within(e["at"])
-           and (campaign_id is None or e["campaign_id"] == campaign_id) and (channel is None or e["channel"] == channel)]
+           and (campaign_id is None or e["campaign_id"] == campaign_id)
+           and (channel is None or e["channel"] == channel)]
     impressions = sum(e.get("count", 0) for e in ads if e["event"] == "impression")
     clicks = sum(e.get("count", 0) for e in ads if e["event"] == "click")
     spend = sum((e["amount"] for e in ads if e["event"] == "spend"), Decimal(0))
