@@ -45,8 +45,9 @@ class OutboxRelay:
     async def run(self) -> None:
         listener = await asyncpg.connect(self.dsn)
         try:
-            while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
-                await asyncio.sleep(self.poll_interval)  # noqa: ASYNC110 - another replica holds the lock; poll it
+            # Another replica may hold the lock: stand by until it is released.
+            while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):  # noqa: ASYNC110
+                await asyncio.sleep(self.poll_interval)
             await listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
             polls = 0
             while True:
