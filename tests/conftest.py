@@ -11,13 +11,14 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.topics import ensure_topics
-from tests.support import LOCAL, TopicReader, eventually, serve  # noqa: F401 - re-exported
+from tests.support import LOCAL, PrivateBroker, TopicReader
 
 
 def _docker_answers() -> bool:
@@ -142,3 +143,14 @@ async def make_settings(topics: str, new_database, topic_prefix: str):
     return make
 
 
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """For tests that stop the broker: stopping the shared one would break the others."""
+    broker = PrivateBroker(tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

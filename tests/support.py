@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -89,3 +92,29 @@ async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 30
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateBroker:
+    """A broker of the test's own (the same jars and script as `make infra-up`, its own
+    state dir and ports), so a test can stop and restart it without disturbing anyone."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.env = os.environ | {
+            "KAFKA_STATE_DIR": str(state_dir),
+            "KAFKA_PORT": str(free_port()),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
+        }
+        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def start(self) -> None:
+        subprocess.run([str(LOCAL / "kafka.sh"), "start"], env=self.env, check=True, timeout=240)
+
+    def stop(self) -> None:
+        subprocess.run([str(LOCAL / "kafka.sh"), "stop"], env=self.env, check=True, timeout=240)

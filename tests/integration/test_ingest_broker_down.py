@@ -6,13 +6,7 @@ one would break everyone else's tests."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -20,46 +14,12 @@ from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
 from shared.events import Envelope
 from shared.topics import CAMPAIGN_EVENTS, ensure_topics
-from tests.support import LOCAL, TopicReader, eventually, serve
 from tests.integration.test_ingest import AUTH, KEY, click
+from tests.support import TopicReader, eventually, serve
 
 pytestmark = pytest.mark.integration
 
 SEND_BOUND = 2.0  # EMBUDO_KAFKA_SEND_TIMEOUT_SECONDS for this test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class PrivateBroker:
-    bootstrap: str
-    start: Callable[[], None]
-    stop: Callable[[], None]
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    port, controller_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "KAFKA_STATE_DIR": str(tmp_path / "kafka"),
-        "KAFKA_PORT": str(port),
-        "KAFKA_CONTROLLER_PORT": str(controller_port),
-        "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
-    }
-
-    def run(command: str) -> None:
-        subprocess.run([str(LOCAL / "kafka.sh"), command], env=env, check=True, timeout=240)
-
-    run("start")
-    try:
-        yield PrivateBroker(f"127.0.0.1:{port}", start=lambda: run("start"), stop=lambda: run("stop"))
-    finally:
-        run("stop")
 
 
 async def test_broker_down_is_503_within_the_bound_and_ingest_recovers(make_settings, private_broker):
