@@ -14,7 +14,7 @@ from shared.db import apply_migrations, create_pool
 from shared.events import CampaignEvent, Envelope, FormSubmission, Utm
 from shared.kafka import EventProducer
 from shared.outbox import OutboxRelay
-from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic, dead_letter_topic
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic, dead_letter_topic, ensure_topics
 from shared.uow import UnitOfWork, unit_of_work
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,9 @@ def submission(email: str = "Ana@Example.com", **overrides) -> Envelope:
 
 
 @pytest.fixture
-async def producer(topics: str):
-    p = EventProducer(topics, client_id="test", send_timeout=10)
+async def producer(topics: str, topic_prefix: str):
+    await ensure_topics(topics, prefix=topic_prefix)
+    p = EventProducer(topics, client_id="test", send_timeout=10, topic_prefix=topic_prefix)
     await p.start()
     yield p
     await p.stop()
@@ -56,8 +57,8 @@ async def pool(dsn, effects_migrations):
     await p.close()
 
 
-async def test_envelope_round_trip_through_a_real_topic(producer, topic_reader):
-    reader = await topic_reader(FORM_SUBMISSIONS.name)
+async def test_envelope_round_trip_through_a_real_topic(producer, topic_reader, topic_prefix):
+    reader = await topic_reader(topic_prefix + FORM_SUBMISSIONS.name)
     sent = submission()
     await producer.publish(FORM_SUBMISSIONS, sent)
 
@@ -106,11 +107,9 @@ def unique_topic(name: str) -> Topic:
     return Topic(f"test.{name}.{uuid.uuid4().hex[:8]}", keyed_by="test", partitions=1, event_types=())
 
 
-async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool):
-    from shared.topics import ensure_topics
-
+async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool, topic_prefix):
     topic = unique_topic("dedupe")
-    await ensure_topics(topics, (topic,))
+    await ensure_topics(topics, (topic,), prefix=topic_prefix)
     event = submission()
     # The same event twice (a client retry), plus a second one: two effects, not three.
     other = submission("bo@example.com")
@@ -120,7 +119,7 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool)
     group = f"test-{uuid.uuid4().hex[:8]}"
     consumer = EventConsumer(
         group=group, topics=[topic], handlers={"form_submission": record_effect(calls)},
-        pool=pool, producer=producer, bootstrap_servers=topics,
+        pool=pool, producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix,
     )
 
     async def two_effects() -> bool:
@@ -130,7 +129,7 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool)
     # Replay from the beginning with a new group: everything is recognised as processed.
     replay = EventConsumer(
         group=f"{group}-replay", topics=[topic], handlers={"form_submission": record_effect(calls)},
-        pool=pool, producer=producer, bootstrap_servers=topics,
+        pool=pool, producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix,
     )
 
     async def all_seen() -> bool:
@@ -143,15 +142,13 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool)
 
 
 async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
-    topics, producer, pool, topic_reader
+    topics, producer, pool, topic_reader, topic_prefix
 ):
-    from shared.topics import ensure_topics
-
     topic = unique_topic("poison")
     group = f"test-{uuid.uuid4().hex[:8]}"
     dlq = dead_letter_topic(group)
-    await ensure_topics(topics, (topic, dlq))
-    dlq_reader = await topic_reader(dlq.name)
+    await ensure_topics(topics, (topic, dlq), prefix=topic_prefix)
+    dlq_reader = await topic_reader(topic_prefix + dlq.name)
 
     good = submission("good@example.com")
     failing = submission("fails@example.com")
@@ -165,7 +162,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
 
     consumer = EventConsumer(
         group=group, topics=[topic], handlers={"form_submission": handle},
-        pool=pool, producer=producer, bootstrap_servers=topics, max_attempts=3,
+        pool=pool, producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix, max_attempts=3,
     )
 
     async def good_applied() -> bool:
@@ -175,7 +172,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
     parked = await dlq_reader.read_until(lambda r: len(r) >= 2)
     unparseable, handler_failure = sorted(parked, key=lambda r: dict(r.headers)["offset"])
     headers = dict(handler_failure.headers)
-    assert headers["source_topic"] == topic.name.encode()
+    assert headers["source_topic"] == (topic_prefix + topic.name).encode()
     assert headers["partition"] == b"0"
     assert headers["offset"] == b"1"
     assert headers["attempts"] == b"3"
@@ -187,8 +184,8 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
     assert await pool.fetchval("SELECT count(*) FROM effects WHERE email LIKE 'fails%'") == 0
 
 
-async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool, dsn, topic_reader):
-    reader = await topic_reader(CAMPAIGN_EVENTS.name)
+async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool, dsn, topic_reader, topic_prefix):
+    reader = await topic_reader(topic_prefix + CAMPAIGN_EVENTS.name)
     committed = [
         Envelope.wrap(
             CampaignEvent(campaign_id=f"outbox-{uuid.uuid4().hex[:6]}", channel="cpc", event="click", count=i + 1),
