@@ -85,8 +85,9 @@ class Demo:
                 await asyncio.sleep(float(response.headers.get("Retry-After", "1")) * (attempt + 1) / 2)
             return response
 
-    def clamp(self, moment: datetime) -> datetime:
-        return min(moment, self.now - timedelta(minutes=1))
+    def happened(self, moment: datetime) -> bool:
+        """Steps that would fall in the future haven't happened yet: the lead or deal stays open."""
+        return moment < self.now - timedelta(minutes=1)
 
     async def run(self) -> None:
         submissions = self.marketing_history()
@@ -176,21 +177,26 @@ class Demo:
         created = datetime.fromisoformat(lead["created_at"])
         roll = self.rng.random()
         if roll < 0.15:
-            await self.move_lead(lead_id, "disqualified", created + timedelta(days=1), "not our market")
+            if self.happened(disqualified_at := created + timedelta(days=1)):
+                await self.move_lead(lead_id, "disqualified", disqualified_at, "not our market")
             return
         if roll < 0.55:
             return  # still nurturing
-        mql_at = self.clamp(created + timedelta(days=self.rng.uniform(0.5, 4)))
+        mql_at = created + timedelta(days=self.rng.uniform(0.5, 4))
+        if not self.happened(mql_at):
+            return
         await self.move_lead(lead_id, "mql", mql_at, "downloaded the pricing guide")
         if self.rng.random() < 0.4:
             return
-        sql_at = self.clamp(mql_at + timedelta(days=self.rng.uniform(1, 6)))
+        sql_at = mql_at + timedelta(days=self.rng.uniform(1, 6))
+        if not self.happened(sql_at):
+            return
         await self.move_lead(lead_id, "sql", sql_at, "budget and need confirmed")
         await self.work_deal(lead_id, sql_at)
 
     async def move_lead(self, lead_id: str, stage: str, at: datetime, reason: str) -> None:
         response = await self.call(self.leads, "POST", f"/v1/leads/{lead_id}/stage",
-                                   json={"stage": stage, "reason": reason, "occurred_at": iso(self.clamp(at))})
+                                   json={"stage": stage, "reason": reason, "occurred_at": iso(at)})
         if response.status_code == 200:
             self.count(f"lead->{stage}")
 
@@ -209,11 +215,15 @@ class Demo:
         for stage in ("proposal", "negotiation"):
             if self.rng.random() < 0.2:
                 break  # stalls here: an open deal
-            at = self.clamp(at + timedelta(days=self.rng.uniform(2, 10)))
+            at = at + timedelta(days=self.rng.uniform(2, 10))
+            if not self.happened(at):
+                return
             await self.call(self.sales, "PATCH", f"/v1/deals/{deal_id}",
                             json={"stage": stage, "occurred_at": iso(at)})
         else:
-            closed_at = self.clamp(at + timedelta(days=self.rng.uniform(1, 12)))
+            closed_at = at + timedelta(days=self.rng.uniform(1, 12))
+            if not self.happened(closed_at):
+                return
             if self.rng.random() < 0.55:
                 amount = Decimal(self.rng.choice([1200, 2400, 4800, 9600]) * self.rng.uniform(0.8, 1.2))
                 await self.call(self.sales, "POST", f"/v1/deals/{deal_id}/won", json={
