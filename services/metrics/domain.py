@@ -3,8 +3,8 @@ the published KPIs (docs/kpis.md is the same text for people). No I/O here."""
 
 from __future__ import annotations
 
-import hashlib
 import calendar
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal

@@ -1,19 +1,21 @@
-"""Metrics' SQL: one upsert statement per applied event, and the KPI aggregates.
+"""Metrics' SQL: the projection writes and the KPI aggregates.
 
-Every write statement also bumps `projection_state` (version, as_of) in a CTE, so an event's
-effect and the state the API's ETags derive from change in one round trip and one transaction.
-Merges are order-independent: created_at and first touch keep the earliest, last touch the
-latest, stage ranks and deal flags only go up.
+Handlers add each event's facts to a `ProjectionBatch`; the batch is written just before the
+consumer's transaction commits, one statement per table, together with `projection_state`
+(version, as_of), so facts, dedupe rows and the state ETags derive from commit together.
+Merges are order-independent (the same rules inside a batch and against stored rows):
+created_at and first touch keep the earliest, last touch the latest, stage ranks and deal
+flags only go up, a deal keeps its earliest win and earliest loss.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 
@@ -22,14 +24,80 @@ from shared.events import Attribution
 
 # --- writes ---------------------------------------------------------------------------
 
-_BUMP_STATE = """state AS (
-    UPDATE projection_state SET version = version + 1, as_of = GREATEST(as_of, $1::timestamptz)
-    WHERE id = 1)"""
+
+@dataclass(frozen=True)
+class LeadFacts:
+    """What one event tells about its lead."""
+
+    lead_id: uuid.UUID
+    attribution: Attribution
+    created_at: datetime | None = None
+    stage_rank: int = 0
+    has_deal: bool = False
+    first_won_at: datetime | None = None
 
 
-def _earlier(prefix: str, op: str) -> str:
-    """Is the incoming touch earlier (op '<') / later (op '>') than the stored one? Ties are
-    broken by the touch's values so that the result never depends on arrival order."""
+@dataclass(frozen=True)
+class DealFacts:
+    deal_id: uuid.UUID
+    lead_id: uuid.UUID
+    created_at: datetime | None = None
+    won_at: datetime | None = None
+    won_amount: Decimal | None = None
+    currency: str | None = None
+    lost_at: datetime | None = None
+    lost_reason: str | None = None
+    objections: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class RevenueFacts:
+    revenue_id: uuid.UUID
+    lead_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    kind: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class CampaignFacts:
+    event_id: uuid.UUID
+    occurred_at: datetime
+    campaign_id: str
+    channel: str
+    impressions: int
+    clicks: int
+    spend: Decimal
+    currency: str | None
+
+
+@dataclass
+class ProjectionBatch:
+    """The facts of one transaction's events, written by `write_batch`."""
+
+    leads: list[LeadFacts] = field(default_factory=list)
+    deals: list[DealFacts] = field(default_factory=list)
+    revenue: list[RevenueFacts] = field(default_factory=list)
+    campaign: list[CampaignFacts] = field(default_factory=list)
+    events: int = 0
+    as_of: datetime | None = None
+
+    def applied(self, occurred_at: datetime) -> None:
+        self.events += 1
+        self.as_of = occurred_at if self.as_of is None else max(self.as_of, occurred_at)
+
+
+def _columns(rows: Sequence[object], *names: str) -> list[list]:
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
+# Ties on the touch time are broken by the touch's values, so arrival order never matters.
+_FIRST_ORDER = "first_touch_at, coalesce(first_campaign_id, ''), coalesce(first_channel, '')"
+_LAST_ORDER = "last_touch_at DESC, coalesce(last_campaign_id, '') DESC, coalesce(last_channel, '') DESC"
+
+
+def _incoming_wins(prefix: str, op: str) -> str:
     return (
         f"(EXCLUDED.{prefix}_touch_at, coalesce(EXCLUDED.{prefix}_campaign_id, ''), "
         f"coalesce(EXCLUDED.{prefix}_channel, '')) {op} "
@@ -37,33 +105,64 @@ def _earlier(prefix: str, op: str) -> str:
     )
 
 
-_FIRST_WINS = _earlier("first", "<")
-_LAST_WINS = _earlier("last", ">")
+_FIRST_WINS, _LAST_WINS = _incoming_wins("first", "<"), _incoming_wins("last", ">")
 
-# $2..$12: the lead's facts as one event knows them.
-_UPSERT_LEAD = f"""
-    INSERT INTO leads AS l (lead_id, created_at, first_campaign_id, first_channel, first_touch_at,
-                            last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at)
-    VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-    ON CONFLICT (lead_id) DO UPDATE SET
-        created_at = LEAST(l.created_at, EXCLUDED.created_at),
-        first_campaign_id = CASE WHEN {_FIRST_WINS} THEN EXCLUDED.first_campaign_id ELSE l.first_campaign_id END,
-        first_channel = CASE WHEN {_FIRST_WINS} THEN EXCLUDED.first_channel ELSE l.first_channel END,
-        first_touch_at = LEAST(l.first_touch_at, EXCLUDED.first_touch_at),
-        last_campaign_id = CASE WHEN {_LAST_WINS} THEN EXCLUDED.last_campaign_id ELSE l.last_campaign_id END,
-        last_channel = CASE WHEN {_LAST_WINS} THEN EXCLUDED.last_channel ELSE l.last_channel END,
-        last_touch_at = GREATEST(l.last_touch_at, EXCLUDED.last_touch_at),
-        stage_rank = GREATEST(l.stage_rank, EXCLUDED.stage_rank),
-        has_deal = l.has_deal OR EXCLUDED.has_deal,
-        first_won_at = LEAST(l.first_won_at, EXCLUDED.first_won_at)"""
+_UPSERT_LEADS = f"""
+WITH incoming AS (
+    SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::text[], $8::timestamptz[], $9::smallint[], $10::bool[],
+                         $11::timestamptz[])
+        AS t(lead_id, created_at, first_campaign_id, first_channel, first_touch_at,
+             last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at)
+), merged AS (
+    SELECT lead_id, min(created_at) AS created_at,
+           (array_agg(first_campaign_id ORDER BY {_FIRST_ORDER}))[1] AS first_campaign_id,
+           (array_agg(first_channel ORDER BY {_FIRST_ORDER}))[1] AS first_channel,
+           min(first_touch_at) AS first_touch_at,
+           (array_agg(last_campaign_id ORDER BY {_LAST_ORDER}))[1] AS last_campaign_id,
+           (array_agg(last_channel ORDER BY {_LAST_ORDER}))[1] AS last_channel,
+           max(last_touch_at) AS last_touch_at,
+           max(stage_rank) AS stage_rank, bool_or(has_deal) AS has_deal, min(first_won_at) AS first_won_at
+    FROM incoming GROUP BY lead_id
+)
+INSERT INTO leads AS l (lead_id, created_at, first_campaign_id, first_channel, first_touch_at,
+                        last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at)
+SELECT * FROM merged
+ON CONFLICT (lead_id) DO UPDATE SET
+    created_at = LEAST(l.created_at, EXCLUDED.created_at),
+    first_campaign_id = CASE WHEN {_FIRST_WINS} THEN EXCLUDED.first_campaign_id
+                        ELSE l.first_campaign_id END,
+    first_channel = CASE WHEN {_FIRST_WINS} THEN EXCLUDED.first_channel ELSE l.first_channel END,
+    first_touch_at = LEAST(l.first_touch_at, EXCLUDED.first_touch_at),
+    last_campaign_id = CASE WHEN {_LAST_WINS} THEN EXCLUDED.last_campaign_id ELSE l.last_campaign_id END,
+    last_channel = CASE WHEN {_LAST_WINS} THEN EXCLUDED.last_channel ELSE l.last_channel END,
+    last_touch_at = GREATEST(l.last_touch_at, EXCLUDED.last_touch_at),
+    stage_rank = GREATEST(l.stage_rank, EXCLUDED.stage_rank),
+    has_deal = l.has_deal OR EXCLUDED.has_deal,
+    first_won_at = LEAST(l.first_won_at, EXCLUDED.first_won_at)"""
 
-_LEAD_EVENT_SQL = f"WITH {_BUMP_STATE} {_UPSERT_LEAD}"
-
-# A deal keeps its earliest win and earliest loss (each with the values that came with it).
-_DEAL_EVENT_SQL = f"""
-WITH {_BUMP_STATE}, lead AS ({_UPSERT_LEAD})
-INSERT INTO deals AS d (deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason, objections)
-VALUES ($13, $2, $14, $15, $16, $17, $18, $19, coalesce($20::text[], '{{}}'))
+_UPSERT_DEALS = """
+WITH incoming AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
+                         $6::text[], $7::timestamptz[], $8::text[], $9::jsonb[])
+        AS t(deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason, objections)
+), merged AS (
+    SELECT deal_id, (array_agg(lead_id))[1] AS lead_id, min(created_at) AS created_at,
+           min(won_at) AS won_at,
+           (array_agg(won_amount ORDER BY won_at, won_amount) FILTER (WHERE won_at IS NOT NULL))[1] AS won_amount,
+           (array_agg(currency ORDER BY won_at, won_amount) FILTER (WHERE won_at IS NOT NULL))[1] AS currency,
+           min(lost_at) AS lost_at,
+           (array_agg(lost_reason ORDER BY lost_at, lost_reason) FILTER (WHERE lost_at IS NOT NULL))[1]
+               AS lost_reason,
+           (array_agg(objections ORDER BY lost_at, lost_reason) FILTER (WHERE lost_at IS NOT NULL))[1]
+               AS objections
+    FROM incoming GROUP BY deal_id
+)
+INSERT INTO deals AS d (deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason,
+                        objections)
+SELECT deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason,
+       ARRAY(SELECT jsonb_array_elements_text(coalesce(objections, '[]')))
+FROM merged
 ON CONFLICT (deal_id) DO UPDATE SET
     created_at = LEAST(d.created_at, EXCLUDED.created_at),
     won_amount = CASE WHEN EXCLUDED.won_at < d.won_at OR d.won_at IS NULL
@@ -77,78 +176,51 @@ ON CONFLICT (deal_id) DO UPDATE SET
                       THEN EXCLUDED.objections ELSE d.objections END,
     lost_at = LEAST(d.lost_at, EXCLUDED.lost_at)"""
 
-_REVENUE_EVENT_SQL = f"""
-WITH {_BUMP_STATE}, lead AS ({_UPSERT_LEAD})
+_INSERT_REVENUE = """
 INSERT INTO revenue (revenue_id, lead_id, amount, currency, kind, occurred_at)
-VALUES ($13, $2, $14, $15, $16, $17)
+SELECT DISTINCT ON (revenue_id) *
+FROM unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::text[], $5::text[], $6::timestamptz[])
+    AS t(revenue_id, lead_id, amount, currency, kind, occurred_at)
 ON CONFLICT (revenue_id) DO NOTHING"""
 
-_CAMPAIGN_EVENT_SQL = f"""
-WITH {_BUMP_STATE}
+_INSERT_CAMPAIGN_FACTS = """
 INSERT INTO campaign_facts (event_id, occurred_at, campaign_id, channel, impressions, clicks, spend, currency)
-VALUES ($2, $1, $3, $4, $5, $6, $7, $8)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                     $7::numeric[], $8::text[])
 ON CONFLICT (event_id) DO NOTHING"""
 
+_BUMP_STATE = """
+UPDATE projection_state SET version = version + $1, as_of = GREATEST(as_of, $2::timestamptz) WHERE id = 1"""
 
-@dataclass(frozen=True)
-class LeadFacts:
-    """What one event tells about its lead; merged into the lead's row."""
 
-    lead_id: uuid.UUID
-    attribution: Attribution
-    created_at: datetime | None = None
-    stage_rank: int = 0
-    has_deal: bool = False
-    first_won_at: datetime | None = None
-
-    def params(self) -> tuple[Any, ...]:
-        first, last = self.attribution.first_touch, self.attribution.last_touch
-        return (
-            self.lead_id, self.created_at,
-            first.campaign_id, first.channel, first.occurred_at,
-            last.campaign_id, last.channel, last.occurred_at,
-            self.stage_rank, self.has_deal, self.first_won_at,
+async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
+    """At most five statements for a whole batch of events."""
+    if batch.leads:
+        leads = batch.leads
+        first = [lead.attribution.first_touch for lead in leads]
+        last = [lead.attribution.last_touch for lead in leads]
+        await conn.execute(
+            _UPSERT_LEADS,
+            [lead.lead_id for lead in leads], [lead.created_at for lead in leads],
+            [t.campaign_id for t in first], [t.channel for t in first], [t.occurred_at for t in first],
+            [t.campaign_id for t in last], [t.channel for t in last], [t.occurred_at for t in last],
+            *_columns(leads, "stage_rank", "has_deal", "first_won_at"),
         )  # fmt: skip
-
-
-async def apply_lead_facts(conn: asyncpg.Connection, occurred_at: datetime, lead: LeadFacts) -> None:
-    await conn.execute(_LEAD_EVENT_SQL, occurred_at, *lead.params())
-
-
-@dataclass(frozen=True)
-class DealFacts:
-    deal_id: uuid.UUID
-    created_at: datetime | None = None
-    won_at: datetime | None = None
-    won_amount: Decimal | None = None
-    currency: str | None = None
-    lost_at: datetime | None = None
-    lost_reason: str | None = None
-    objections: Sequence[str] | None = None
-
-
-async def apply_deal_facts(conn: asyncpg.Connection, occurred_at: datetime, lead: LeadFacts, deal: DealFacts) -> None:
-    await conn.execute(
-        _DEAL_EVENT_SQL, occurred_at, *lead.params(),
-        deal.deal_id, deal.created_at, deal.won_at, deal.won_amount, deal.currency,
-        deal.lost_at, deal.lost_reason, list(deal.objections) if deal.objections is not None else None,
-    )  # fmt: skip
-
-
-async def apply_revenue(
-    conn: asyncpg.Connection, occurred_at: datetime, lead: LeadFacts,
-    revenue_id: uuid.UUID, amount: Decimal, currency: str, kind: str, revenue_at: datetime,
-) -> None:  # fmt: skip
-    await conn.execute(_REVENUE_EVENT_SQL, occurred_at, *lead.params(), revenue_id, amount, currency, kind, revenue_at)
-
-
-async def apply_campaign_fact(
-    conn: asyncpg.Connection, event_id: uuid.UUID, occurred_at: datetime, campaign_id: str, channel: str,
-    impressions: int, clicks: int, spend: Decimal, currency: str | None,
-) -> None:  # fmt: skip
-    await conn.execute(
-        _CAMPAIGN_EVENT_SQL, occurred_at, event_id, campaign_id, channel, impressions, clicks, spend, currency
-    )
+    if batch.deals:
+        columns = _columns(batch.deals, "deal_id", "lead_id", "created_at", "won_at", "won_amount", "currency",
+                           "lost_at", "lost_reason")  # fmt: skip
+        # As JSON text: a list of lists would be read as one 2-D (rectangular) array.
+        objections = [json.dumps(list(d.objections)) if d.objections is not None else None for d in batch.deals]
+        await conn.execute(_UPSERT_DEALS, *columns, objections)
+    if batch.revenue:
+        columns = _columns(batch.revenue, "revenue_id", "lead_id", "amount", "currency", "kind", "occurred_at")
+        await conn.execute(_INSERT_REVENUE, *columns)
+    if batch.campaign:
+        columns = _columns(batch.campaign, "event_id", "occurred_at", "campaign_id", "channel", "impressions",
+                           "clicks", "spend", "currency")  # fmt: skip
+        await conn.execute(_INSERT_CAMPAIGN_FACTS, *columns)
+    if batch.events:
+        await conn.execute(_BUMP_STATE, batch.events, batch.as_of)
 
 
 # --- reads ----------------------------------------------------------------------------

@@ -7,9 +7,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import eventually
 from playwright.async_api import async_playwright, expect
 from test_metrics_support import AUTH, TOKEN, Lead, campaign, running_metrics
+
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 

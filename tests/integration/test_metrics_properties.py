@@ -78,7 +78,9 @@ campaign_events = st.tuples(
     st.sampled_from(["a", "b"]), st.sampled_from(["impression", "click", "spend"]), st.integers(1, 500), amounts,
     st.floats(0, 100, allow_nan=False).map(lambda d: round(d, 3)),
 )
-worlds = st.builds(World, leads=st.lists(world_leads, max_size=6), campaign_events=st.lists(campaign_events, max_size=8))
+worlds = st.builds(
+    World, leads=st.lists(world_leads, max_size=6), campaign_events=st.lists(campaign_events, max_size=8)
+)
 
 
 # --- the events leads, sales and ingest would publish for a world ----------------------

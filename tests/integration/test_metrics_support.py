@@ -17,7 +17,6 @@ from decimal import Decimal
 
 import httpx
 import uvicorn
-from conftest import eventually, serve  # tests/conftest.py: on the path under pytest
 
 from services.metrics.main import build_app
 from services.metrics.settings import MetricsSettings
@@ -39,6 +38,7 @@ from shared.events import (
 )
 from shared.kafka import EventProducer
 from shared.topics import ALL_TOPICS, ensure_topics, topic_for_event_type
+from tests.support import eventually, serve
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
