@@ -186,6 +186,7 @@ class EventConsumer:
                 if handler is not None:  # a topic may carry types this service ignores
                     await handler(event, uow)
                     EVENTS_PROCESSED.labels(self.group, event.type).inc()
+            await uow.flush()
 
     async def _park(self, record: ConsumerRecord, error: BaseException, attempts: int) -> None:
         headers = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -16,6 +16,17 @@ OUTBOX_CHANNEL = "embudo_outbox"
 class UnitOfWork:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self._before_commit: list[Callable[[], Awaitable[None]]] = []
+
+    def before_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` once, inside this transaction, just before it commits: lets handlers
+        buffer rows and write a whole batch's worth in one statement."""
+        self._before_commit.append(hook)
+
+    async def flush(self) -> None:
+        """Run the before-commit hooks (the consumer and `unit_of_work` call this)."""
+        while self._before_commit:
+            await self._before_commit.pop(0)()
 
     async def publish(self, topic: Topic, event: Envelope) -> None:
         """Queue an event in the outbox. It reaches Kafka only if this transaction commits."""
@@ -33,4 +44,6 @@ class UnitOfWork:
 @asynccontextmanager
 async def unit_of_work(pool: asyncpg.Pool) -> AsyncIterator[UnitOfWork]:
     async with pool.acquire() as conn, conn.transaction():
-        yield UnitOfWork(conn)
+        uow = UnitOfWork(conn)
+        yield uow
+        await uow.flush()
