@@ -28,15 +28,16 @@ class Campaign:
     channel: str
     source: str
     daily_budget: int  # euros
+    daily_impressions: int
     click_rate: float  # clicks per impression
     lead_rate: float  # form submissions per click
 
 
 CAMPAIGNS = (
-    Campaign("spring-search", "cpc", "google", 120, 0.045, 0.08),
-    Campaign("brand-social", "social", "linkedin", 80, 0.012, 0.05),
-    Campaign("newsletter", "email", "mailchimp", 10, 0.09, 0.06),
-    Campaign("retargeting", "display", "criteo", 50, 0.006, 0.10),
+    Campaign("spring-search", "cpc", "google", 900, 7200, 0.045, 0.08),
+    Campaign("brand-social", "social", "linkedin", 700, 4800, 0.012, 0.05),
+    Campaign("newsletter", "email", "mailchimp", 80, 600, 0.09, 0.06),
+    Campaign("retargeting", "display", "criteo", 350, 3000, 0.006, 0.10),
 )
 LOST_REASONS = {
     "price": ["too expensive", "budget frozen until next year"],
@@ -107,7 +108,7 @@ class Demo:
             date = self.start + timedelta(days=day)
             weekday_factor = 0.6 if date.weekday() >= 5 else 1.0
             for campaign in CAMPAIGNS:
-                impressions = int(self.rng.uniform(800, 1600) * campaign.daily_budget / 20 * weekday_factor)
+                impressions = int(campaign.daily_impressions * self.rng.uniform(0.7, 1.3) * weekday_factor)
                 clicks = max(1, int(impressions * campaign.click_rate * self.rng.uniform(0.7, 1.3)))
                 spend = Decimal(campaign.daily_budget * self.rng.uniform(0.8, 1.1)).quantize(Decimal("0.01"))
                 at = iso(date + timedelta(hours=23))
