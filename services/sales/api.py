@@ -203,10 +203,13 @@ def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
 
 
+_MAX_SEQ = 2**63 - 1  # deals.seq is a bigserial
+
+
 def decode_cursor(cursor: str) -> int:
     try:
         prefix, _, seq = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if prefix == "seq" and seq.isdigit():
+        if prefix == "seq" and seq.isdigit() and int(seq) <= _MAX_SEQ:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

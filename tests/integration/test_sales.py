@@ -3,6 +3,7 @@ revenue through the API, deal events out through the outbox."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -600,3 +601,11 @@ async def test_the_api_needs_a_valid_token(client):
             assert response.status_code == 401, (headers, url)
             assert response.headers["www-authenticate"] == "Bearer"
     assert (await client.get("/health/live", headers={"Authorization": ""})).status_code == 200
+
+
+async def test_a_cursor_beyond_bigint_is_a_422_not_a_500(client):
+    # Well-formed by decode_cursor's rules ("seq:<digits>"), but no seq is that large.
+    cursor = base64.urlsafe_b64encode(f"seq:{2**63}".encode()).decode()
+    response = await client.get("/v1/deals", params={"cursor": cursor})
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["cursor"]
