@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
 from shared.events import (
@@ -61,6 +61,16 @@ PositiveAmount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)
 Currency = Annotated[str, Field(min_length=1, max_length=10)]
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")  # Postgres text cannot hold them
+    return value
+
+
+# Free text that is stored: refused here rather than by Postgres (which would make it a 500).
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class Body(BaseModel):
     # Unknown fields are refused: a misspelt "ammount" must not be silently ignored.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -77,7 +87,7 @@ class HasOpenStage(Body):
 
 class NewDeal(HasOpenStage):
     lead_id: uuid.UUID
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
     amount: PositiveAmount | None = None
     currency: Currency | None = None
     stage: OpenStage = "qualification"
@@ -99,8 +109,8 @@ class Win(Body):
 
 
 class Loss(Body):
-    reason: str = Field(min_length=1, max_length=500)
-    objections: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list,
+    reason: Text = Field(min_length=1, max_length=500)
+    objections: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(default_factory=list,
                                                                                   max_length=50)
     occurred_at: AwareDatetime | None = None
 
@@ -249,7 +259,7 @@ async def list_deals(
     settings: Settings,
     stage: DealStage | None = None,
     lead_id: uuid.UUID | None = None,
-    campaign_id: Annotated[str | None, Query(max_length=200)] = None,
+    campaign_id: Annotated[Text | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DealPage:

@@ -609,3 +609,20 @@ async def test_a_cursor_beyond_bigint_is_a_422_not_a_500(client):
     response = await client.get("/v1/deals", params={"cursor": cursor})
     assert response.status_code == 422, response.text
     assert [e["field"] for e in response.json()["errors"]] == ["cursor"]
+
+
+async def test_nul_characters_in_stored_text_are_a_422_not_a_500(client, db, leads_out):
+    # Postgres text cannot hold U+0000: unchecked, these reached the database and failed there.
+    lead, deal = await deal_for(client, db, leads_out)
+    deal_path = f"/v1/deals/{deal['deal_id']}"
+    cases = [
+        ("POST", "/v1/deals", {"lead_id": str(lead.lead_id), "name": "Acme\u0000"}, "name"),
+        ("POST", f"{deal_path}/lost", {"reason": "pri\u0000ce"}, "reason"),
+        ("POST", f"{deal_path}/lost", {"reason": "price", "objections": ["\u0000"]}, "objections[0]"),
+        ("GET", "/v1/deals?campaign_id=%00", None, "campaign_id"),
+    ]
+    for method, url, body, field in cases:
+        response = await client.request(method, url, json=body)
+        assert response.status_code == 422, (method, url, body, response.text)
+        assert field in [e["field"] for e in response.json()["errors"]], (url, response.json())
+    assert (await client.get(deal_path)).json()["stage"] == "qualification"
