@@ -18,6 +18,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import AfterValidator
 
 from services.metrics import store
 from services.metrics.domain import (
@@ -45,8 +46,18 @@ router = APIRouter(prefix="/v1", tags=["kpis"], dependencies=[Depends(require_ap
 
 From = Annotated[str | None, Query(alias="from", description="inclusive; RFC 3339 date or datetime")]
 To = Annotated[str | None, Query(description="exclusive; RFC 3339 date or datetime")]
-CampaignId = Annotated[str | None, Query(max_length=200)]
-Channel = Annotated[str | None, Query(max_length=200)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")  # Postgres text cannot hold them
+    return value
+
+
+# Filters go to Postgres as text parameters: a NUL there would be a 500, not a 422.
+Filter = Annotated[str, AfterValidator(_no_nul)]
+CampaignId = Annotated[Filter | None, Query(max_length=200)]
+Channel = Annotated[Filter | None, Query(max_length=200)]
 Attribution = Annotated[AttributionModel, Query()]
 
 

@@ -297,6 +297,16 @@ async def test_invalid_parameters_are_422_problems(make_settings, topic_prefix):
             assert field in [error["field"] for error in response.json()["errors"]], (path, params)
 
 
+async def test_a_nul_character_in_a_filter_is_a_422_not_a_500(make_settings, topic_prefix):
+    # Postgres text cannot hold U+0000: unchecked, the filter failed in the database.
+    async with running_metrics(make_settings, topic_prefix) as metrics:
+        for path in ["/v1/kpis", "/v1/kpis/timeseries", "/v1/kpis/breakdown?by=campaign", "/v1/feedback"]:
+            for field in ("campaign_id", "channel"):
+                response = await metrics.client.get(path, params={field: "c1\x00"}, headers=AUTH)
+                assert response.status_code == 422, (path, field, response.text)
+                assert field in [error["field"] for error in response.json()["errors"]], (path, field)
+
+
 async def test_dev_environment_prefills_the_dev_token(make_settings, topic_prefix):
     async with running_metrics(make_settings, topic_prefix, env="dev") as metrics:
         page = await metrics.client.get("/")
