@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -371,9 +372,12 @@ async def lost_feedback(
             {lost} CROSS JOIN LATERAL unnest(d.objections) AS o(value) {where} GROUP BY 1, 2""",
         *args,
     )
-    deals = await conn.fetch(f"SELECT {campaign} AS campaign_id, count(*) AS n {lost} {where} GROUP BY 1", *args)
+    # Every lost deal has exactly one reason row, so the reason counts add up to the deals.
+    deals: dict[str | None, int] = defaultdict(int)
+    for r in reasons:
+        deals[r["campaign_id"]] += r["n"]
     return (
         [FeedbackCount(r["campaign_id"], r["value"] or "", r["n"]) for r in reasons],
         [FeedbackCount(r["campaign_id"], r["value"], r["n"]) for r in objections],
-        {r["campaign_id"]: r["n"] for r in deals},
+        dict(deals),
     )
