@@ -189,6 +189,8 @@ def deal_out(row: asyncpg.Record, settings: SalesSettings) -> DealOut:
 
 async def deal_detail(conn: asyncpg.Connection, deal_id: uuid.UUID, settings: SalesSettings) -> DealDetail:
     row = await store.get_deal(conn, deal_id)
+    if row is None:
+        raise Problem(404, f"There is no deal {deal_id}.")
     history = [StageEntry(**dict(h)) for h in await store.stage_history(conn, deal_id)]
     return DealDetail(**deal_out(row, settings).model_dump(), history=history)
 
@@ -276,8 +278,6 @@ async def list_deals(
 @router.get("/deals/{deal_id}", response_model=DealDetail)
 async def get_deal(deal_id: uuid.UUID, pool: DbPool, settings: Settings) -> DealDetail:
     async with pool.acquire() as conn:
-        if await store.get_deal(conn, deal_id) is None:
-            raise Problem(404, f"There is no deal {deal_id}.")
         return await deal_detail(conn, deal_id, settings)
 
 
