@@ -32,6 +32,9 @@ def to_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
 # Money travels as a decimal string ("12.50"), never a float.
 Amount = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
+# Text a consumer can store: Postgres keeps no NUL character in text or jsonb, so an event
+# carrying one would be accepted at the edge and then fail in every consumer (dead-lettered).
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
 def utcnow() -> datetime:
@@ -55,11 +58,11 @@ class EventData(BaseModel):
 
 class Utm(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    source: str | None = Field(default=None, max_length=200)
-    medium: str | None = Field(default=None, max_length=200)
-    campaign: str | None = Field(default=None, max_length=200)
-    term: str | None = Field(default=None, max_length=200)
-    content: str | None = Field(default=None, max_length=200)
+    source: Text | None = Field(default=None, max_length=200)
+    medium: Text | None = Field(default=None, max_length=200)
+    campaign: Text | None = Field(default=None, max_length=200)
+    term: Text | None = Field(default=None, max_length=200)
+    content: Text | None = Field(default=None, max_length=200)
 
 
 class FormSubmission(EventData):

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from shared.events import CampaignEvent, Envelope, FormSubmission, Money, Utm, normalise_email
+from shared.events import CampaignEvent, Envelope, FormSubmission, Money, Text, Utm, normalise_email
 from shared.http import field_path
 from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic
 
@@ -49,9 +49,9 @@ def context(currency: str, now: datetime) -> dict[str, Any]:
 
 # --- input ------------------------------------------------------------------------------
 
-ShortText = Annotated[str, Field(max_length=200)]
-UrlText = Annotated[str, Field(max_length=2048)]
-FieldName = Annotated[str, Field(min_length=1, max_length=100)]
+ShortText = Annotated[Text, Field(max_length=200)]
+UrlText = Annotated[Text, Field(max_length=2048)]
+FieldName = Annotated[Text, Field(min_length=1, max_length=100)]
 
 
 class EventInput(BaseModel):
@@ -76,7 +76,7 @@ class EventInput(BaseModel):
 
 class FormSubmissionInput(EventInput):
     type: Literal["form_submission"] = "form_submission"  # required only inside a batch
-    form_id: str = Field(min_length=1, max_length=100)
+    form_id: Text = Field(min_length=1, max_length=100)
     email: str = Field(json_schema_extra={"format": "email"})
     name: ShortText | None = None
     company: ShortText | None = None
@@ -84,7 +84,7 @@ class FormSubmissionInput(EventInput):
     page_url: UrlText | None = None
     referrer: UrlText | None = None
     anonymous_id: ShortText | None = None
-    fields: dict[FieldName, str] = Field(default_factory=dict, max_length=MAX_FORM_FIELDS)
+    fields: dict[FieldName, Text] = Field(default_factory=dict, max_length=MAX_FORM_FIELDS)
     utm: Utm = Field(default_factory=Utm)
 
     @field_validator("email")
@@ -115,8 +115,8 @@ class CostInput(BaseModel):
 
 class CampaignEventInput(EventInput):
     type: Literal["campaign_event"] = "campaign_event"  # required only inside a batch
-    campaign_id: str = Field(min_length=1, max_length=200)  # = utm.campaign on the website
-    channel: str = Field(min_length=1, max_length=200)  # = utm.medium: cpc, email, social...
+    campaign_id: Text = Field(min_length=1, max_length=200)  # = utm.campaign on the website
+    channel: Text = Field(min_length=1, max_length=200)  # = utm.medium: cpc, email, social...
     event: Literal["impression", "click", "spend"]
     count: int = Field(default=1, ge=1, le=1_000_000_000, strict=True)
     cost: CostInput | None = Field(default=None, validate_default=True)

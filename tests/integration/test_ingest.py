@@ -323,9 +323,14 @@ async def test_an_unsupported_content_type_is_415(client):
          ["utm.campain", "utm.source"]),
         ("/v1/form-submissions", {**submission(), "fields": {"a": 1}}, ["fields.a"]),
         ("/v1/form-submissions", [submission()], ["body"]),
+        # NUL: no consumer's database could store it, so the event would never be applied.
+        ("/v1/form-submissions",
+         {**submission(name="Ana\x00"), "utm": {"campaign": "spring\x00"}, "fields": {"budget": "\x00"}},
+         ["fields.budget", "name", "utm.campaign"]),
         ("/v1/campaign-events", {"channel": "cpc", "event": "view"}, ["campaign_id", "event"]),
         ("/v1/campaign-events", click(count=0), ["count"]),
         ("/v1/campaign-events", click(event_id="not-a-uuid"), ["event_id"]),
+        ("/v1/campaign-events", click(campaign_id="spring\x00"), ["campaign_id"]),
     ],
 )
 async def test_invalid_fields_are_422_with_their_paths(client, path, body, fields):
