@@ -16,7 +16,7 @@ from .settings import SalesSettings
 
 def build_app(settings: SalesSettings | None = None) -> FastAPI:
     settings = settings or SalesSettings()
-    settings.require("database_url")
+    settings.require("database_url", "api_tokens")  # outside EMBUDO_ENV=dev there is no default token
     return create_app(
         ServiceSpec(
             name="sales",

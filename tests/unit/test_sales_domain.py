@@ -17,6 +17,7 @@ from services.sales.domain import (
     plan_stage_move,
     probability,
 )
+from services.sales.main import build_app
 from services.sales.settings import DEFAULT_STAGE_PROBABILITIES, SalesSettings
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -142,3 +143,11 @@ def test_incomplete_or_impossible_probabilities_stop_start_up(monkeypatch, raw):
     monkeypatch.setenv("EMBUDO_STAGE_PROBABILITIES", raw)
     with pytest.raises(ValueError):
         SalesSettings()
+
+
+def test_sales_refuses_to_start_without_api_tokens_outside_dev():
+    # Otherwise it would start and answer every API request with 401.
+    settings = SalesSettings(env="prod", api_tokens="", database_url="postgresql://unused/sales")
+    with pytest.raises(SystemExit, match="EMBUDO_API_TOKENS"):
+        build_app(settings)
+    assert build_app(SalesSettings(env="dev", database_url="postgresql://unused/sales"))  # dev-api-token
