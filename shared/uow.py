@@ -17,6 +17,7 @@ class UnitOfWork:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self._before_commit: list[Callable[[], Awaitable[None]]] = []
+        self._notified = False
 
     def before_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run `hook` once, inside this transaction, just before it commits: lets handlers
@@ -37,8 +38,10 @@ class UnitOfWork:
             event.key,
             event.model_dump_json(by_alias=True),
         )
-        # Delivered at commit; identical notifications in one transaction collapse into one.
-        await self.conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        # Delivered at commit, once however many were sent: one per transaction is enough.
+        if not self._notified:
+            await self.conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+            self._notified = True
 
 
 @asynccontextmanager
