@@ -76,16 +76,18 @@ async def record_submission(
     submission = submission_from(event.event_id, form, event.occurred_at)
     conn = uow.conn
 
-    new_id = await store.insert_lead_if_new(conn, email, submission)
+    # Row-locked either way: one lead's submissions take turns.
     lead = await store.lock_lead_by_email(conn, email)
+    created = None
+    if lead is None:
+        created = await store.insert_lead(conn, email, submission, "first form submission")
+        lead = created or await store.lock_lead_by_email(conn, email)
     lead_id = lead["id"]
     await store.add_touch(conn, lead_id, submission)
     facts = lead_facts(await store.lead_submissions(conn, lead_id), rules)
-    if new_id is not None:
-        await store.set_stage(conn, lead_id, None, "lead", "first form submission", facts.created_at)
     lead = await store.save_facts(conn, lead_id, facts)
 
-    if new_id is not None:
+    if created is not None:
         data: EventData = LeadCreated(
             lead_id=lead_id, email=email, stage="lead", score=facts.score,
             created_at=facts.created_at, attribution=facts.attribution,

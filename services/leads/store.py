@@ -15,21 +15,28 @@ from .domain import LeadFacts, Submission
 TOUCH_COLUMNS = "occurred_at, form_id, campaign_id, channel, source, term, content, page_url"
 
 
-async def insert_lead_if_new(conn: asyncpg.Connection, email: str, first: Submission) -> uuid.UUID | None:
-    """Create the lead for `email` unless it exists; returns the new id, or None.
-    ON CONFLICT makes two concurrent first submissions of one email create one lead."""
-    touch = first.touch.model_dump(mode="json")
-    return await conn.fetchval(
-        """INSERT INTO leads (id, email, created_at, first_touch, last_touch)
-           VALUES ($1, $2, $3, $4, $4)
-           ON CONFLICT (email) DO NOTHING
-           RETURNING id""",
-        uuid.uuid4(), email, first.occurred_at, touch,
-    )
-
-
-async def lock_lead_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record:
+async def lock_lead_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM leads WHERE email = $1 FOR UPDATE", email)
+
+
+async def insert_lead(conn: asyncpg.Connection, email: str, first: Submission, reason: str) -> asyncpg.Record | None:
+    """Create the lead for `email` with its creation row in the stage history; returns it
+    (the insert holds its row lock), or None when a concurrent first submission of the same
+    email created it first: ON CONFLICT makes the two create one lead."""
+    touch = first.touch.model_dump(mode="json")
+    return await conn.fetchrow(
+        """WITH lead AS (
+               INSERT INTO leads (id, email, created_at, first_touch, last_touch)
+               VALUES ($1, $2, $3, $4, $4)
+               ON CONFLICT (email) DO NOTHING
+               RETURNING *
+           ), creation AS (
+               INSERT INTO stage_history (lead_id, from_stage, to_stage, reason, occurred_at)
+               SELECT id, NULL, stage, $5, created_at FROM lead
+           )
+           SELECT * FROM lead""",
+        uuid.uuid4(), email, first.occurred_at, touch, reason,
+    )
 
 
 async def lock_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> asyncpg.Record | None:
@@ -76,22 +83,23 @@ async def touches(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[Touch]:
 
 async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFacts) -> asyncpg.Record:
     """Store what the submissions say; the creation row of the history follows created_at."""
-    row = await conn.fetchrow(
-        """UPDATE leads SET created_at = $2, name = $3, company = $4, phone = $5, fields = $6,
-                  score = $7, first_touch = $8, last_touch = $9, touch_count = $10, updated_at = now()
-           WHERE id = $1
-           RETURNING *""",
+    return await conn.fetchrow(
+        """WITH lead AS (
+               UPDATE leads SET created_at = $2, name = $3, company = $4, phone = $5, fields = $6,
+                      score = $7, first_touch = $8, last_touch = $9, touch_count = $10, updated_at = now()
+               WHERE id = $1
+               RETURNING *
+           ), creation AS (
+               UPDATE stage_history SET occurred_at = $2
+               WHERE lead_id = $1 AND from_stage IS NULL AND occurred_at <> $2
+           )
+           SELECT * FROM lead""",
         lead_id, facts.created_at, facts.profile.name, facts.profile.company, facts.profile.phone,
         facts.profile.fields, facts.score,
         facts.attribution.first_touch.model_dump(mode="json"),
         facts.attribution.last_touch.model_dump(mode="json"),
         facts.touch_count,
     )
-    await conn.execute(
-        "UPDATE stage_history SET occurred_at = $2 WHERE lead_id = $1 AND from_stage IS NULL",
-        lead_id, facts.created_at,
-    )
-    return row
 
 
 async def set_stage(
