@@ -16,7 +16,7 @@ from .settings import LeadsSettings, load_scoring_rules
 
 def build_app(settings: LeadsSettings | None = None) -> FastAPI:
     settings = settings or LeadsSettings()
-    settings.require("database_url")
+    settings.require("database_url", "api_tokens")  # outside EMBUDO_ENV=dev there is no default token
     rules = load_scoring_rules(settings.scoring_config)  # a broken file stops start-up here
     return create_app(
         ServiceSpec(

@@ -22,6 +22,7 @@ from services.leads.domain import (
     score,
     submission_from,
 )
+from services.leads.main import build_app
 from services.leads.settings import DEFAULT_SCORING_CONFIG, LeadsSettings, load_scoring_rules
 from shared.events import FormSubmission, Utm
 
@@ -190,3 +191,11 @@ def test_threshold_setting_unset_or_empty_means_off(monkeypatch):
     assert LeadsSettings().mql_threshold == 40
     monkeypatch.setenv("EMBUDO_SCORING_CONFIG", "/etc/embudo/scoring.yaml")
     assert str(LeadsSettings().scoring_config) == "/etc/embudo/scoring.yaml"
+
+
+def test_leads_refuses_to_start_without_api_tokens_outside_dev():
+    # Otherwise it would start and answer every API request with 401.
+    settings = LeadsSettings(env="prod", api_tokens="", database_url="postgresql://unused/leads")
+    with pytest.raises(SystemExit, match="EMBUDO_API_TOKENS"):
+        build_app(settings)
+    assert build_app(LeadsSettings(env="dev", database_url="postgresql://unused/leads"))  # dev-api-token
