@@ -125,7 +125,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         position = datetime.fromisoformat(created_at), uuid.UUID(lead_id)
         if position[0].tzinfo is not None:
             return position
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):  # uuid.UUID(5): AttributeError
         pass
     raise invalid("cursor", "cursor is not one this API returned")
 

@@ -526,6 +526,8 @@ async def test_the_api_needs_a_valid_token(leads):
         ("GET", "/v1/leads?limit=201", None, 422, "limit"),
         ("GET", "/v1/leads?stage=customer", None, 422, "stage"),
         ("GET", "/v1/leads?cursor=bm9wZQ", None, 422, "cursor"),
+        # Well-formed base64 JSON whose id is a number, not a string.
+        ("GET", "/v1/leads?cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgNV0=", None, 422, "cursor"),
         ("GET", "/v1/leads?created_from=2025-03-01", None, 422, "created_from"),
         ("GET", "/v1/leads?created_from=2025-03-02T00:00:00Z&created_to=2025-03-01T00:00:00Z", None, 422,
          "created_to"),
