@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.app import DbPool
-from shared.events import LeadStage, Touch, normalise_email, to_utc, utcnow
+from shared.events import LeadStage, Text, Touch, normalise_email, to_utc, utcnow
 from shared.http import Problem, require_api_token
 from shared.uow import unit_of_work
 
@@ -39,7 +39,7 @@ class StageMove(BaseModel):
     # Unknown fields are refused: a misspelt "stgae" must not be silently ignored.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     stage: LeadStage
-    reason: str | None = Field(default=None, min_length=1, max_length=500)
+    reason: Text | None = Field(default=None, min_length=1, max_length=500)
     occurred_at: AwareDatetime | None = None  # default: now
 
 
@@ -137,12 +137,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 async def list_leads(
     pool: DbPool,
     stage: LeadStage | None = None,
-    campaign_id: Annotated[str | None, Query(max_length=200)] = None,
-    channel: Annotated[str | None, Query(max_length=200)] = None,
+    campaign_id: Annotated[Text | None, Query(max_length=200)] = None,
+    channel: Annotated[Text | None, Query(max_length=200)] = None,
     touch: Annotated[
         Literal["any", "first", "last"], Query(description="which touch campaign_id and channel match")
     ] = "any",
-    email: Annotated[str | None, Query(max_length=320)] = None,
+    email: Annotated[Text | None, Query(max_length=320)] = None,
     created_from: AwareDatetime | None = None,
     created_to: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

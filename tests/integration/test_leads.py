@@ -521,6 +521,7 @@ async def test_the_api_needs_a_valid_token(leads):
          "occurred_at"),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "occurred_at": "yesterday"}, 422, "occurred_at"),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "reason": "x" * 501}, 422, "reason"),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "reason": "x\x00"}, 422, "reason"),
         ("POST", "/v1/leads/{lead}/stage", "{not json", 400, None),
         ("GET", "/v1/leads?limit=0", None, 422, "limit"),
         ("GET", "/v1/leads?limit=201", None, 422, "limit"),
@@ -532,6 +533,8 @@ async def test_the_api_needs_a_valid_token(leads):
         ("GET", "/v1/leads?created_from=2025-03-02T00:00:00Z&created_to=2025-03-01T00:00:00Z", None, 422,
          "created_to"),
         ("GET", "/v1/leads?touch=middle", None, 422, "touch"),
+        ("GET", "/v1/leads?email=ra%00@example.com", None, 422, "email"),  # Postgres refuses NUL
+        ("GET", "/v1/leads?campaign_id=spring%00", None, 422, "campaign_id"),
     ],
 )
 async def test_bad_requests_get_a_clear_problem(leads, producer, method, path, body, status, field):
