@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
 from shared.events import (
@@ -22,6 +22,7 @@ from shared.events import (
     DealStage,
     DealStageChanged,
     DealWon,
+    Text,
     utcnow,
 )
 from shared.http import Problem, problem_response, require_api_token
@@ -59,16 +60,6 @@ Settings = Annotated[SalesSettings, Depends(_settings)]
 # > 0, exact, at most 2 decimals ("12.50" or 12.5; never stored as a float).
 PositiveAmount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)]
 Currency = Annotated[str, Field(min_length=1, max_length=10)]
-
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")  # Postgres text cannot hold them
-    return value
-
-
-# Free text that is stored: refused here rather than by Postgres (which would make it a 500).
-Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class Body(BaseModel):
