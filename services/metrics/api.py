@@ -236,8 +236,8 @@ def install_dashboard(app: FastAPI) -> None:
     """GET / (the page, no token needed to load it) and /static (its scripts, chart.js included)."""
     settings = app.state.settings
     config = {
-        # Only `make dev` (EMBUDO_ENV=dev) pre-fills the token; elsewhere the page asks.
-        "token": DEV_API_TOKEN if settings.env == "dev" else "",
+        # Only `make dev` (EMBUDO_ENV=dev, dev token accepted) pre-fills the token; elsewhere the page asks.
+        "token": DEV_API_TOKEN if settings.env == "dev" and DEV_API_TOKEN in settings.api_token_list else "",
         "pollSeconds": settings.dashboard_poll_seconds,
     }
     page = (STATIC / "index.html").read_text().replace("{{CONFIG}}", json.dumps(config).replace("<", "\\u003c"))

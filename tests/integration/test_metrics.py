@@ -308,6 +308,15 @@ async def test_a_nul_character_in_a_filter_is_a_422_not_a_500(make_settings, top
 
 
 async def test_dev_environment_prefills_the_dev_token(make_settings, topic_prefix):
-    async with running_metrics(make_settings, topic_prefix, env="dev") as metrics:
+    # `make dev` sets no tokens, so the dev token is the one accepted and the page fills it in.
+    async with running_metrics(make_settings, topic_prefix, env="dev", api_tokens="") as metrics:
         page = await metrics.client.get("/")
     assert page.status_code == 200 and '"token": "dev-api-token"' in page.text
+
+
+async def test_dev_environment_with_its_own_tokens_does_not_prefill_a_refused_one(make_settings, topic_prefix):
+    async with running_metrics(make_settings, topic_prefix, env="dev", api_tokens="team-token") as metrics:
+        page = await metrics.client.get("/")
+        refused = await metrics.client.get("/v1/kpis", headers={"Authorization": "Bearer dev-api-token"})
+    assert page.status_code == 200 and "dev-api-token" not in page.text
+    assert refused.status_code == 401
