@@ -38,6 +38,7 @@ test: install infra-up
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## Benchmarks on this machine; numbers go to docs/benchmarks.md.
 bench: install infra-up

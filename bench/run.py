@@ -45,7 +45,9 @@ TARGETS = {"b": 3_000, "c": 20_000, "d_p99_ms": 1_000, "e": 10_000}
 def campaign_envelope(campaign_id: str = "bench") -> Envelope:
     return Envelope.wrap(
         CampaignEvent(campaign_id=campaign_id, channel="cpc", event="click", count=1),
-        source="bench", key=campaign_id, occurred_at=datetime.now(UTC),
+        source="bench",
+        key=campaign_id,
+        occurred_at=datetime.now(UTC),
     )
 
 
@@ -71,8 +73,9 @@ async def raw_producer(prefix: str, count: int) -> float:
     topic = Topic(f"{prefix}raw-producer", keyed_by="-", partitions=6, event_types=())
     await ensure_topics(BOOTSTRAP, (topic,))
     value = campaign_envelope().to_bytes()
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, enable_idempotence=True, acks="all",
-                                linger_ms=2, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=BOOTSTRAP, enable_idempotence=True, acks="all", linger_ms=2, max_batch_size=256 * 1024
+    )
     await producer.start()
     try:
         started = time.perf_counter()
@@ -104,7 +107,8 @@ wrk.headers["Authorization"] = "Bearer {WRITE_KEY}"
         f.write(script)
     result = subprocess.run(
         [ensure_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s", "-s", f.name, url],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stdout}{result.stderr}")
@@ -132,8 +136,10 @@ async def kpi_latency(stack: Stack, rate: int, seconds: int) -> tuple[list[float
     headers = {"Authorization": f"Bearer {WRITE_KEY}"}
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=stack.url("ingest"), headers=headers, timeout=10, limits=limits) as ingest, \
-            httpx.AsyncClient(base_url=stack.url("metrics"), headers=auth, timeout=10, limits=limits) as metrics:
+    async with (
+        httpx.AsyncClient(base_url=stack.url("ingest"), headers=headers, timeout=10, limits=limits) as ingest,
+        httpx.AsyncClient(base_url=stack.url("metrics"), headers=auth, timeout=10, limits=limits) as metrics,
+    ):
 
         async def post(body: dict) -> bool:
             try:
@@ -179,9 +185,13 @@ async def fill_backlog(prefix: str, count: int) -> None:
 
 
 async def raw_consumer(prefix: str, count: int) -> float:
-    consumer = AIOKafkaConsumer(prefix + CAMPAIGN_EVENTS.name, bootstrap_servers=BOOTSTRAP,
-                                group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        prefix + CAMPAIGN_EVENTS.name,
+        bootstrap_servers=BOOTSTRAP,
+        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     seen, started = 0, None
     try:
@@ -205,9 +215,15 @@ async def projector(prefix: str, count: int, dsn: str) -> float:
     pool = await create_pool(dsn, max_size=4)
     await apply_migrations(pool, Path(services.metrics.main.__file__).parent / "migrations")
     producer = EventProducer(BOOTSTRAP, client_id="bench", topic_prefix=prefix)
-    consumer = EventConsumer(group=f"bench-metrics-{uuid.uuid4().hex[:6]}", topics=[CAMPAIGN_EVENTS],
-                             handlers=HANDLERS, pool=pool, producer=producer, bootstrap_servers=BOOTSTRAP,
-                             topic_prefix=prefix)
+    consumer = EventConsumer(
+        group=f"bench-metrics-{uuid.uuid4().hex[:6]}",
+        topics=[CAMPAIGN_EVENTS],
+        handlers=HANDLERS,
+        pool=pool,
+        producer=producer,
+        bootstrap_servers=BOOTSTRAP,
+        topic_prefix=prefix,
+    )
     task = asyncio.create_task(consumer.run())
     started = None
     try:
@@ -227,13 +243,30 @@ async def projector(prefix: str, count: int, dsn: str) -> float:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))) // 1024 // 1024
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = (
+        int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+        )
+        // 1024
+        // 1024
+    )
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
-    return (f"{os.cpu_count()} CPUs ({cpu}), {mem} GiB RAM, {platform.platform()}, Python {platform.python_version()}, "
-            f"{java}; Kafka 4 (one KRaft node) and PostgreSQL on the same machine as the services and the load.")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {mem} GiB RAM, {platform.platform()}, Python {platform.python_version()}, "
+        f"{java}; Kafka 4 (one KRaft node) and PostgreSQL on the same machine as the services and the load."
+    )
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -249,8 +282,13 @@ async def main(args: argparse.Namespace) -> None:
     results["a"] = await raw_producer(prefix, args.producer_messages)
 
     dsns = {s: await new_database(s) for s in ("leads", "sales", "metrics")}
-    stack = Stack(BOOTSTRAP, dsns, prefix, ROOT / ".run" / "bench-logs",
-                  extra_env={"EMBUDO_RATE_LIMIT_PER_SECOND": "1000000", "EMBUDO_RATE_LIMIT_BURST": "1000000"})
+    stack = Stack(
+        BOOTSTRAP,
+        dsns,
+        prefix,
+        ROOT / ".run" / "bench-logs",
+        extra_env={"EMBUDO_RATE_LIMIT_PER_SECOND": "1000000", "EMBUDO_RATE_LIMIT_BURST": "1000000"},
+    )
     try:
         stack.start_all()
         single = {"form_id": "bench", "email": "visitor@example.com", "utm": {"campaign": "bench", "medium": "cpc"}}
@@ -264,7 +302,9 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(5)  # let leads and metrics drain what (b) and (c) produced
         latencies, failed = await kpi_latency(stack, 500, args.seconds)
         results["d"] = {p: percentile(latencies, p) * 1000 for p in (50, 95, 99)} | {
-            "probes": len(latencies), "failed": failed}
+            "probes": len(latencies),
+            "failed": failed,
+        }
     finally:
         stack.stop_all()
 
@@ -289,16 +329,16 @@ Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: {mac
 
 | | measure | result | target | |
 |---|---|---|---|---|
-| a | raw aiokafka producer (idempotent, acks=all), {args.producer_messages:,} messages | {r['a']:,.0f} msg/s | ceiling | |
-| b | ingest single-event POSTs (wrk, 64 connections, {args.seconds}s) | {r['b']:,.0f} req/s | ≥ 3,000 | {mark(r['b'] >= TARGETS['b'])} |
-| c | ingest events in batches of 100, acks=all (wrk, 16 connections) | {r['c']:,.0f} events/s | ≥ 20,000 | {mark(r['c'] >= TARGETS['c'])} |
-| d | ingest → KPI visible at 500 events/s ({d['probes']} probes, {d['failed']} failed posts) | p50 {d[50]:.0f} ms, p95 {d[95]:.0f} ms, p99 {d[99]:.0f} ms | p99 ≤ 1,000 ms | {mark(d[99] <= TARGETS['d_p99_ms'])} |
-| e | metrics projector on a backlog of {args.backlog:,} events | {r['e']:,.0f} events/s | ≥ 10,000 | {mark(r['e'] >= TARGETS['e'])} |
-| e′ | raw aiokafka consumer (parse only) on the same backlog | {r['e_raw']:,.0f} events/s | baseline | |
+| a | raw aiokafka producer (idempotent, acks=all), {args.producer_messages:,} messages | {r["a"]:,.0f} msg/s | ceiling | |
+| b | ingest single-event POSTs (wrk, 64 connections, {args.seconds}s) | {r["b"]:,.0f} req/s | ≥ 3,000 | {mark(r["b"] >= TARGETS["b"])} |
+| c | ingest events in batches of 100, acks=all (wrk, 16 connections) | {r["c"]:,.0f} events/s | ≥ 20,000 | {mark(r["c"] >= TARGETS["c"])} |
+| d | ingest → KPI visible at 500 events/s ({d["probes"]} probes, {d["failed"]} failed posts) | p50 {d[50]:.0f} ms, p95 {d[95]:.0f} ms, p99 {d[99]:.0f} ms | p99 ≤ 1,000 ms | {mark(d[99] <= TARGETS["d_p99_ms"])} |
+| e | metrics projector on a backlog of {args.backlog:,} events | {r["e"]:,.0f} events/s | ≥ 10,000 | {mark(r["e"] >= TARGETS["e"])} |
+| e′ | raw aiokafka consumer (parse only) on the same backlog | {r["e_raw"]:,.0f} events/s | baseline | |
 
-Ratios: b/a = {r['b'] / r['a']:.3f}, c/a = {r['c'] / r['a']:.3f}, e/e′ = {r['e'] / r['e_raw']:.3f}.
+Ratios: b/a = {r["b"] / r["a"]:.3f}, c/a = {r["c"] / r["a"]:.3f}, e/e′ = {r["e"] / r["e_raw"]:.3f}.
 
-Only successful responses count in b and c (b: {r['b_status']}, c: {r['c_status']}).
+Only successful responses count in b and c (b: {r["b_status"]}, c: {r["c_status"]}).
 Everything — broker, database, four services and the load generator — shares this machine's CPUs,
 so these are lower bounds for a deployment that gives each its own cores.
 """

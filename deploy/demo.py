@@ -66,8 +66,9 @@ class Demo:
         self.rng = random.Random(args.seed)
         self.now = datetime.now(UTC).replace(microsecond=0)
         self.start = (self.now - timedelta(days=args.days)).replace(hour=0, minute=0, second=0)
-        self.ingest = httpx.AsyncClient(base_url=args.ingest, headers={"Authorization": f"Bearer {args.write_key}"},
-                                        timeout=30)
+        self.ingest = httpx.AsyncClient(
+            base_url=args.ingest, headers={"Authorization": f"Bearer {args.write_key}"}, timeout=30
+        )
         auth = {"Authorization": f"Bearer {args.api_token}"}
         self.leads = httpx.AsyncClient(base_url=args.leads, headers=auth, timeout=30)
         self.sales = httpx.AsyncClient(base_url=args.sales, headers=auth, timeout=30)
@@ -112,11 +113,17 @@ class Demo:
                 clicks = max(1, int(impressions * campaign.click_rate * self.rng.uniform(0.7, 1.3)))
                 spend = Decimal(campaign.daily_budget * self.rng.uniform(0.8, 1.1)).quantize(Decimal("0.01"))
                 at = iso(date + timedelta(hours=23))
-                base = {"type": "campaign_event", "campaign_id": campaign.campaign_id,
-                        "channel": campaign.channel, "occurred_at": at}
-                items += [{**base, "event": "impression", "count": impressions},
-                          {**base, "event": "click", "count": clicks},
-                          {**base, "event": "spend", "cost": {"amount": str(spend), "currency": self.args.currency}}]
+                base = {
+                    "type": "campaign_event",
+                    "campaign_id": campaign.campaign_id,
+                    "channel": campaign.channel,
+                    "occurred_at": at,
+                }
+                items += [
+                    {**base, "event": "impression", "count": impressions},
+                    {**base, "event": "click", "count": clicks},
+                    {**base, "event": "spend", "cost": {"amount": str(spend), "currency": self.args.currency}},
+                ]
                 leads_today = sum(self.rng.random() < campaign.lead_rate for _ in range(clicks))
                 leads_today = max(0, round(leads_today * self.args.leads_per_day / 20))
                 for _ in range(leads_today):
@@ -153,7 +160,7 @@ class Demo:
             for item in batch:
                 self.count(item["type"])
 
-        await asyncio.gather(*(post(items[i:i + 100]) for i in range(0, len(items), 100)))
+        await asyncio.gather(*(post(items[i : i + 100]) for i in range(0, len(items), 100)))
 
     async def wait_for_leads(self, emails: list[str]) -> list[dict]:
         """Leads are created asynchronously from the submissions; poll until all are there."""
@@ -196,8 +203,12 @@ class Demo:
         await self.work_deal(lead_id, sql_at)
 
     async def move_lead(self, lead_id: str, stage: str, at: datetime, reason: str) -> None:
-        response = await self.call(self.leads, "POST", f"/v1/leads/{lead_id}/stage",
-                                   json={"stage": stage, "reason": reason, "occurred_at": iso(at)})
+        response = await self.call(
+            self.leads,
+            "POST",
+            f"/v1/leads/{lead_id}/stage",
+            json={"stage": stage, "reason": reason, "occurred_at": iso(at)},
+        )
         if response.status_code == 200:
             self.count(f"lead->{stage}")
 
@@ -219,24 +230,34 @@ class Demo:
             at = at + timedelta(days=self.rng.uniform(2, 10))
             if not self.happened(at):
                 return
-            await self.call(self.sales, "PATCH", f"/v1/deals/{deal_id}",
-                            json={"stage": stage, "occurred_at": iso(at)})
+            await self.call(self.sales, "PATCH", f"/v1/deals/{deal_id}", json={"stage": stage, "occurred_at": iso(at)})
         else:
             closed_at = at + timedelta(days=self.rng.uniform(1, 12))
             if not self.happened(closed_at):
                 return
             if self.rng.random() < 0.55:
                 amount = Decimal(self.rng.choice([1200, 2400, 4800, 9600]) * self.rng.uniform(0.8, 1.2))
-                await self.call(self.sales, "POST", f"/v1/deals/{deal_id}/won", json={
-                    "amount": str(amount.quantize(Decimal("0.01"))), "currency": self.args.currency,
-                    "occurred_at": iso(closed_at)})
+                await self.call(
+                    self.sales,
+                    "POST",
+                    f"/v1/deals/{deal_id}/won",
+                    json={
+                        "amount": str(amount.quantize(Decimal("0.01"))),
+                        "currency": self.args.currency,
+                        "occurred_at": iso(closed_at),
+                    },
+                )
                 self.count("deals won")
                 await self.renewals(lead_id, closed_at)
             else:
                 reason = self.rng.choice(sorted(LOST_REASONS))
                 objections = self.rng.sample(LOST_REASONS[reason], k=self.rng.randint(1, len(LOST_REASONS[reason])))
-                await self.call(self.sales, "POST", f"/v1/deals/{deal_id}/lost", json={
-                    "reason": reason, "objections": objections, "occurred_at": iso(closed_at)})
+                await self.call(
+                    self.sales,
+                    "POST",
+                    f"/v1/deals/{deal_id}/lost",
+                    json={"reason": reason, "objections": objections, "occurred_at": iso(closed_at)},
+                )
                 self.count("deals lost")
 
     async def renewals(self, lead_id: str, won_at: datetime) -> None:
@@ -244,8 +265,12 @@ class Demo:
         while at < self.now and self.rng.random() < 0.7:
             kind = "upsell" if self.rng.random() < 0.2 else "renewal"
             amount = Decimal(self.rng.choice([100, 200, 400])).quantize(Decimal("0.01"))
-            await self.call(self.sales, "POST", f"/v1/customers/{lead_id}/revenue", json={
-                "amount": str(amount), "currency": self.args.currency, "kind": kind, "occurred_at": iso(at)})
+            await self.call(
+                self.sales,
+                "POST",
+                f"/v1/customers/{lead_id}/revenue",
+                json={"amount": str(amount), "currency": self.args.currency, "kind": kind, "occurred_at": iso(at)},
+            )
             self.count(kind)
             at += timedelta(days=30)
 

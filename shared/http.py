@@ -112,8 +112,11 @@ def bearer_token(request: Request) -> str | None:
 def require_api_token(request: Request) -> None:
     """Dependency: the request carries one of the service's EMBUDO_API_TOKENS."""
     if not token_matches(bearer_token(request), request.app.state.settings.api_token_list):
-        raise Problem(401, "A valid 'Authorization: Bearer <api token>' header is required.",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "A valid 'Authorization: Bearer <api token>' header is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 class RequestSizeLimit:

@@ -104,9 +104,7 @@ class EventProducer:
     ) -> None:
         """Send to a topic by its logical name (the configured prefix is added here)."""
         try:
-            await asyncio.wait_for(
-                self._send_all(self.topic_prefix + topic_name, messages, headers), self.send_timeout
-            )
+            await asyncio.wait_for(self._send_all(self.topic_prefix + topic_name, messages, headers), self.send_timeout)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("kafka publish failed", extra={"topic": topic_name, "error": repr(exc)})
             raise PublishUnavailable(f"Kafka did not acknowledge within {self.send_timeout}s") from exc

@@ -54,6 +54,4 @@ class ServiceSettings(BaseSettings):
         """Fail start-up with one clear message when required settings are empty."""
         missing = [f"EMBUDO_{n.upper()}" for n in names if not getattr(self, n)]
         if missing:
-            raise SystemExit(
-                f"missing settings: {', '.join(missing)} (dev credentials only work with EMBUDO_ENV=dev)"
-            )
+            raise SystemExit(f"missing settings: {', '.join(missing)} (dev credentials only work with EMBUDO_ENV=dev)")

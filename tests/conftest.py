@@ -143,8 +143,6 @@ async def make_settings(topics: str, new_database, topic_prefix: str):
     return make
 
 
-
-
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     """For tests that stop the broker: stopping the shared one would break the others."""

@@ -50,6 +50,7 @@ class TopicReader:
 
     async def read_until(self, done: Callable[[list], bool], timeout: float = 20.0) -> list:
         """Collect records until `done(records)` holds; fails the test on timeout."""
+
         async def collect() -> None:
             while not done(self.records):
                 batch = await self.consumer.getmany(timeout_ms=200)

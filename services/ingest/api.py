@@ -110,9 +110,7 @@ async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any
 # --- answering --------------------------------------------------------------------------
 
 
-async def accept(
-    items: Sequence[FormSubmissionInput | CampaignEventInput], caller: Caller, now: datetime
-) -> list[str]:
+async def accept(items: Sequence[FormSubmissionInput | CampaignEventInput], caller: Caller, now: datetime) -> list[str]:
     """Turn valid items into events and publish them all; returns their event_ids once
     Kafka acknowledged every one."""
     settings = caller.settings
@@ -128,8 +126,10 @@ async def accept(
         event_ids.append(str(envelope.event_id))
     if too_large:
         raise Problem(
-            413, f"An event may be at most {settings.max_event_bytes} bytes as published.",
-            title="Event too large", items=too_large,
+            413,
+            f"An event may be at most {settings.max_event_bytes} bytes as published.",
+            title="Event too large",
+            items=too_large,
         )
     wait = caller.limiter.take(caller.key, len(prepared), time.monotonic())
     if wait:
@@ -138,7 +138,8 @@ async def accept(
         await store.publish(caller.producer, prepared)
     except PublishUnavailable:
         raise Problem(
-            503, "The event log did not acknowledge in time; retry with the same event_ids.",
+            503,
+            "The event log did not acknowledge in time; retry with the same event_ids.",
             headers={"Retry-After": str(settings.unavailable_retry_after_seconds)},
             event_ids=event_ids,  # so a client that sent none can still retry safely
         ) from None
@@ -180,8 +181,19 @@ HTML_FORM_SCHEMA: dict[str, Any] = {
     "properties": {
         **{
             name: {"type": "string"}
-            for name in ("event_id", "occurred_at", "form_id", "email", "name", "company", "phone",
-                         "page_url", "referrer", "anonymous_id", "redirect")
+            for name in (
+                "event_id",
+                "occurred_at",
+                "form_id",
+                "email",
+                "name",
+                "company",
+                "phone",
+                "page_url",
+                "referrer",
+                "anonymous_id",
+                "redirect",
+            )
         },
         **{f"utm_{name}": {"type": "string"} for name in UTM_NAMES},
     },
@@ -216,9 +228,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         ("application/x-www-form-urlencoded", HTML_FORM_SCHEMA),
     ),
 )
-async def post_form_submission(
-    request: Request, caller: Authenticated
-) -> Response:
+async def post_form_submission(request: Request, caller: Authenticated) -> Response:
     """A lead-capture form submission, as JSON or straight from an HTML form."""
     now = utcnow()
     ctx = context(caller.settings.currency, now)
@@ -228,9 +238,16 @@ async def post_form_submission(
         form = await request.form()
         pairs = form.multi_items()
         if any(isinstance(value, UploadFile) for _, value in pairs):
-            raise Problem(422, "Files are not accepted.", title="Validation failed",
-                          errors=[{"field": n, "message": "files are not accepted", "type": "file"}
-                                  for n, v in pairs if isinstance(v, UploadFile)])
+            raise Problem(
+                422,
+                "Files are not accepted.",
+                title="Validation failed",
+                errors=[
+                    {"field": n, "message": "files are not accepted", "type": "file"}
+                    for n, v in pairs
+                    if isinstance(v, UploadFile)
+                ],
+            )
         body, redirect = form_to_input(pairs)  # type: ignore[arg-type]
         try:
             submission = FormSubmissionInput.model_validate(body, context=ctx)
@@ -253,9 +270,7 @@ async def post_form_submission(
     responses=RESPONSES,
     openapi_extra=request_body((JSON, inline_schema(CampaignEventInput))),
 )
-async def post_campaign_event(
-    request: Request, caller: Authenticated
-) -> Response:
+async def post_campaign_event(request: Request, caller: Authenticated) -> Response:
     """An impression, click or spend of a campaign, from an ad platform or a script."""
     now = utcnow()
     event = await read_json(request, CampaignEventInput, context(caller.settings.currency, now))
@@ -268,9 +283,7 @@ async def post_campaign_event(
     responses=RESPONSES,
     openapi_extra=request_body((JSON, inline_schema(BatchInput))),
 )
-async def post_batch(
-    request: Request, caller: Authenticated
-) -> Response:
+async def post_batch(request: Request, caller: Authenticated) -> Response:
     """1–500 form submissions and campaign events, each with its `type`. All or nothing:
     one invalid item and none is published."""
     now = utcnow()
@@ -285,7 +298,10 @@ async def post_batch(
             raise problem from None
         items, rest = item_errors(exc.errors(include_url=False, include_context=False, include_input=False))
         raise Problem(
-            422, "The batch has invalid items; nothing was published.", title="Validation failed",
-            items=items, errors=rest,
+            422,
+            "The batch has invalid items; nothing was published.",
+            title="Validation failed",
+            items=items,
+            errors=rest,
         ) from None
     return accepted(await accept(batch.batch, caller, now))

@@ -176,17 +176,14 @@ def to_envelope(item: FormSubmissionInput | CampaignEventInput, now: datetime) -
             campaign_id=item.campaign_id, channel=item.channel, event=item.event, count=item.count, cost=cost
         )
         topic, key = CAMPAIGN_EVENTS, item.campaign_id
-    envelope = Envelope.wrap(
-        data, source=SOURCE, key=key, occurred_at=item.occurred_at or now, event_id=item.event_id
-    )
+    envelope = Envelope.wrap(data, source=SOURCE, key=key, occurred_at=item.occurred_at or now, event_id=item.event_id)
     return topic, envelope
 
 
 # --- HTML forms -------------------------------------------------------------------------
 
 _FORM_SCALARS = frozenset(
-    ("event_id", "occurred_at", "form_id", "email", "name", "company", "phone", "page_url", "referrer",
-     "anonymous_id")
+    ("event_id", "occurred_at", "form_id", "email", "name", "company", "phone", "page_url", "referrer", "anonymous_id")
 )
 _UTM_PREFIX = "utm_"
 UTM_NAMES = ("source", "medium", "campaign", "term", "content")
@@ -211,8 +208,8 @@ def form_to_input(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], str
     for name, value in joined.items():
         if name in _FORM_SCALARS:
             body[name] = value
-        elif name.startswith(_UTM_PREFIX) and name[len(_UTM_PREFIX):] in UTM_NAMES:
-            utm[name[len(_UTM_PREFIX):]] = value
+        elif name.startswith(_UTM_PREFIX) and name[len(_UTM_PREFIX) :] in UTM_NAMES:
+            utm[name[len(_UTM_PREFIX) :]] = value
         elif name not in _FORM_CONTROLS:
             fields[name] = value
     if utm:

@@ -99,14 +99,14 @@ def lead_out(row: asyncpg.Record) -> LeadOut:
 
 async def lead_detail(conn: asyncpg.Connection, row: asyncpg.Record) -> LeadDetail:
     history = [StageEntry(**dict(r)) for r in await store.stage_history(conn, row["id"])]
-    return LeadDetail(
-        **lead_out(row).model_dump(), touches=await store.touches(conn, row["id"]), stage_history=history
-    )
+    return LeadDetail(**lead_out(row).model_dump(), touches=await store.touches(conn, row["id"]), stage_history=history)
 
 
 def invalid(field: str, message: str) -> Problem:
     return Problem(
-        422, "The request has invalid fields.", title="Validation failed",
+        422,
+        "The request has invalid fields.",
+        title="Validation failed",
         errors=[{"field": field, "message": message, "type": "value_error"}],
     )
 
@@ -152,9 +152,13 @@ async def list_leads(
     if created_from and created_to and created_from > created_to:
         raise invalid("created_to", "created_to is earlier than created_from")
     where = store.LeadFilter(
-        stage=stage, campaign_id=campaign_id, channel=channel, touch=touch,
+        stage=stage,
+        campaign_id=campaign_id,
+        channel=channel,
+        touch=touch,
         email=normalise_email(email) if email is not None else None,
-        created_from=created_from, created_to=created_to,
+        created_from=created_from,
+        created_to=created_to,
     )
     after = decode_cursor(cursor) if cursor else None
     async with pool.acquire() as conn:
@@ -192,7 +196,10 @@ async def move_stage(lead_id: uuid.UUID, body: StageMove, pool: DbPool, settings
             occurred_at = max(now, last_change) if last_change else now
         try:
             check_stage_time(
-                occurred_at, created_at=lead["created_at"], last_change_at=last_change, now=now,
+                occurred_at,
+                created_at=lead["created_at"],
+                last_change_at=last_change,
+                now=now,
                 clock_skew=timedelta(seconds=settings.clock_skew_seconds),
             )
         except InvalidStageTime as exc:

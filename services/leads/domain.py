@@ -207,9 +207,7 @@ def check_stage_time(
     if occurred_at > now + clock_skew:
         raise InvalidStageTime("occurred_at lies in the future")
     if occurred_at < created_at:
-        raise InvalidStageTime(
-            f"occurred_at is earlier than the lead's created_at ({created_at.isoformat()})"
-        )
+        raise InvalidStageTime(f"occurred_at is earlier than the lead's created_at ({created_at.isoformat()})")
     # The history must read in order, or time-in-stage would come out negative.
     if last_change_at is not None and occurred_at < last_change_at:
         raise InvalidStageTime(

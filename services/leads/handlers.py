@@ -89,13 +89,21 @@ async def record_submission(
 
     if created is not None:
         data: EventData = LeadCreated(
-            lead_id=lead_id, email=email, stage="lead", score=facts.score,
-            created_at=facts.created_at, attribution=facts.attribution,
+            lead_id=lead_id,
+            email=email,
+            stage="lead",
+            score=facts.score,
+            created_at=facts.created_at,
+            attribution=facts.attribution,
         )
     else:
         data = LeadTouched(
-            lead_id=lead_id, email=email, touch=submission.touch, score=facts.score,
-            created_at=facts.created_at, attribution=facts.attribution,
+            lead_id=lead_id,
+            email=email,
+            touch=submission.touch,
+            score=facts.score,
+            created_at=facts.created_at,
+            attribution=facts.attribution,
         )
     await uow.publish(LEAD_EVENTS, lead_event(data, lead_id, submission.occurred_at))
 

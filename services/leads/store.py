@@ -35,7 +35,11 @@ async def insert_lead(conn: asyncpg.Connection, email: str, first: Submission, r
                SELECT id, NULL, stage, $5, created_at FROM lead
            )
            SELECT * FROM lead""",
-        uuid.uuid4(), email, first.occurred_at, touch, reason,
+        uuid.uuid4(),
+        email,
+        first.occurred_at,
+        touch,
+        reason,
     )
 
 
@@ -50,8 +54,20 @@ async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submissio
     await conn.execute(
         f"""INSERT INTO touches (lead_id, event_id, {TOUCH_COLUMNS}, name, company, phone, fields)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
-        lead_id, sub.event_id, t.occurred_at, t.form_id, t.campaign_id, t.channel, t.source, t.term,
-        t.content, t.page_url, sub.name, sub.company, sub.phone, sub.fields,
+        lead_id,
+        sub.event_id,
+        t.occurred_at,
+        t.form_id,
+        t.campaign_id,
+        t.channel,
+        t.source,
+        t.term,
+        t.content,
+        t.page_url,
+        sub.name,
+        sub.company,
+        sub.phone,
+        sub.fields,
     )
 
 
@@ -66,8 +82,12 @@ async def lead_submissions(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list
     )
     return [
         Submission(
-            event_id=r["event_id"], touch=_touch(r), name=r["name"], company=r["company"],
-            phone=r["phone"], fields=r["fields"],
+            event_id=r["event_id"],
+            touch=_touch(r),
+            name=r["name"],
+            company=r["company"],
+            phone=r["phone"],
+            fields=r["fields"],
         )
         for r in rows
     ]
@@ -94,8 +114,13 @@ async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFa
                WHERE lead_id = $1 AND from_stage IS NULL AND occurred_at <> $2
            )
            SELECT * FROM lead""",
-        lead_id, facts.created_at, facts.profile.name, facts.profile.company, facts.profile.phone,
-        facts.profile.fields, facts.score,
+        lead_id,
+        facts.created_at,
+        facts.profile.name,
+        facts.profile.company,
+        facts.profile.phone,
+        facts.profile.fields,
+        facts.score,
         facts.attribution.first_touch.model_dump(mode="json"),
         facts.attribution.last_touch.model_dump(mode="json"),
         facts.touch_count,
@@ -103,13 +128,21 @@ async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFa
 
 
 async def set_stage(
-    conn: asyncpg.Connection, lead_id: uuid.UUID, from_stage: str | None, to_stage: str,
-    reason: str | None, occurred_at: datetime,
+    conn: asyncpg.Connection,
+    lead_id: uuid.UUID,
+    from_stage: str | None,
+    to_stage: str,
+    reason: str | None,
+    occurred_at: datetime,
 ) -> asyncpg.Record:
     await conn.execute(
         """INSERT INTO stage_history (lead_id, from_stage, to_stage, reason, occurred_at)
            VALUES ($1, $2, $3, $4, $5)""",
-        lead_id, from_stage, to_stage, reason, occurred_at,
+        lead_id,
+        from_stage,
+        to_stage,
+        reason,
+        occurred_at,
     )
     return await conn.fetchrow(
         "UPDATE leads SET stage = $2, updated_at = now() WHERE id = $1 RETURNING *", lead_id, to_stage

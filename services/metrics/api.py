@@ -146,8 +146,9 @@ async def get_timeseries(
             **header(period, filters, attribution, settings.currency),
             "interval": interval,
             "buckets": [
-                kpi_object(bucket, filters, attribution, settings.currency,
-                           groups.get((i, None), RawAggregates()), state.as_of)
+                kpi_object(
+                    bucket, filters, attribution, settings.currency, groups.get((i, None), RawAggregates()), state.as_of
+                )
                 for i, bucket in enumerate(buckets)
             ],  # fmt: skip
             "as_of": iso(state.as_of),

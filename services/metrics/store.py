@@ -249,9 +249,7 @@ def _in(column: str) -> str:
 
 def _lead_filter(attribution: AttributionModel) -> str:
     prefix = "first" if attribution == "first_touch" else "last"
-    return (
-        f"($3::text IS NULL OR l.{prefix}_campaign_id = $3) AND ($4::text IS NULL OR l.{prefix}_channel = $4)"
-    )
+    return f"($3::text IS NULL OR l.{prefix}_campaign_id = $3) AND ($4::text IS NULL OR l.{prefix}_channel = $4)"
 
 
 def _dimensions(attribution: AttributionModel, by: BreakdownBy | None) -> tuple[str, str]:

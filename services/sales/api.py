@@ -101,8 +101,7 @@ class Win(Body):
 
 class Loss(Body):
     reason: Text = Field(min_length=1, max_length=500)
-    objections: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(default_factory=list,
-                                                                                  max_length=50)
+    objections: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=50)
     occurred_at: AwareDatetime | None = None
 
 
@@ -193,7 +192,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidField)
     async def _invalid(_: Request, exc: InvalidField) -> JSONResponse:
         return problem_response(
-            422, exc.message, title="Validation failed",
+            422,
+            exc.message,
+            title="Validation failed",
             errors=[{"field": exc.field, "message": exc.message, "type": "value_error"}],
         )
 
@@ -234,7 +235,10 @@ def _change_time(occurred_at: datetime | None, deal: asyncpg.Record, settings: S
     """A deal's history stays in time order: a change is not before the previous one."""
     first = deal["stage_entered_at"] == deal["created_at"]
     return effective_time(
-        occurred_at, now=utcnow(), not_before=deal["stage_entered_at"], skew=_skew(settings),
+        occurred_at,
+        now=utcnow(),
+        not_before=deal["stage_entered_at"],
+        skew=_skew(settings),
         not_before_what="the deal's created_at" if first else "the deal's last stage change",
     )
 
@@ -281,11 +285,19 @@ async def create_deal(body: NewDeal, pool: DbPool, settings: Settings) -> DealDe
             raise Problem(404, f"Sales knows no lead {body.lead_id} (yet): leads arrive through lead events.")
         facts = store.lead_facts(lead)
         created_at = effective_time(
-            body.occurred_at, now=utcnow(), not_before=facts.created_at,
-            not_before_what="the lead's created_at", skew=_skew(settings),
+            body.occurred_at,
+            now=utcnow(),
+            not_before=facts.created_at,
+            not_before_what="the lead's created_at",
+            skew=_skew(settings),
         )
         deal = await open_deal(
-            uow, facts, stage=body.stage, created_at=created_at, currency=currency, name=body.name,
+            uow,
+            facts,
+            stage=body.stage,
+            created_at=created_at,
+            currency=currency,
+            name=body.name,
             amount=money(body.amount) if body.amount is not None else None,
         )
         return await deal_detail(uow.conn, deal["deal_id"], settings)
@@ -301,7 +313,9 @@ async def change_deal(deal_id: uuid.UUID, body: DealChanges, pool: DbPool, setti
         deal = await _deal_for_change(uow, deal_id)
         move = plan_stage_move(deal["stage"], body.stage)  # closed deals: 409
         await store.update_details(
-            uow.conn, deal_id, amount=money(body.amount) if body.amount is not None else None,
+            uow.conn,
+            deal_id,
+            amount=money(body.amount) if body.amount is not None else None,
             expected_close_date=body.expected_close_date,
         )
         if move is not None:
@@ -309,8 +323,11 @@ async def change_deal(deal_id: uuid.UUID, body: DealChanges, pool: DbPool, setti
             await store.change_stage(uow.conn, deal_id, move.from_stage, move.to_stage, at)
             lead = await _lead_facts(uow, deal["lead_id"])
             changed = DealStageChanged(
-                **lead.deal_fields(deal_id), from_stage=move.from_stage, to_stage=move.to_stage,
-                probability=probability(move.to_stage, settings.stage_probabilities), occurred_at=at,
+                **lead.deal_fields(deal_id),
+                from_stage=move.from_stage,
+                to_stage=move.to_stage,
+                probability=probability(move.to_stage, settings.stage_probabilities),
+                occurred_at=at,
             )
             await uow.publish(DEAL_EVENTS, deal_envelope(changed, lead_id=lead.lead_id, occurred_at=at))
         return await deal_detail(uow.conn, deal_id, settings)
@@ -327,8 +344,9 @@ async def win_deal(deal_id: uuid.UUID, body: Win, pool: DbPool, settings: Settin
         await store.close_won(uow.conn, deal_id, deal["stage"], amount, at)
         first_win = await store.become_customer(uow.conn, deal["lead_id"], deal_id, at)
         lead = await _lead_facts(uow, deal["lead_id"])
-        won = DealWon(**lead.deal_fields(deal_id), amount=amount, currency=currency, occurred_at=at,
-                      first_win=first_win)
+        won = DealWon(
+            **lead.deal_fields(deal_id), amount=amount, currency=currency, occurred_at=at, first_win=first_win
+        )
         await uow.publish(DEAL_EVENTS, deal_envelope(won, lead_id=lead.lead_id, occurred_at=at))
         return await deal_detail(uow.conn, deal_id, settings)
 
@@ -341,8 +359,7 @@ async def lose_deal(deal_id: uuid.UUID, body: Loss, pool: DbPool, settings: Sett
         at = _change_time(body.occurred_at, deal, settings)
         await store.close_lost(uow.conn, deal_id, deal["stage"], body.reason, body.objections, at)
         lead = await _lead_facts(uow, deal["lead_id"])
-        lost = DealLost(**lead.deal_fields(deal_id), reason=body.reason, objections=body.objections,
-                        occurred_at=at)
+        lost = DealLost(**lead.deal_fields(deal_id), reason=body.reason, objections=body.objections, occurred_at=at)
         await uow.publish(DEAL_EVENTS, deal_envelope(lost, lead_id=lead.lead_id, occurred_at=at))
         return await deal_detail(uow.conn, deal_id, settings)
 
@@ -374,22 +391,36 @@ async def record_revenue(
             response.status_code = 200  # a retry: the record as it was made the first time
             return RevenueOut(**dict(existing))
         if customer is None:
-            raise Problem(409, f"Lead {lead_id} has no won deal: revenue is recorded for customers only.",
-                          title="Not a customer")
+            raise Problem(
+                409, f"Lead {lead_id} has no won deal: revenue is recorded for customers only.", title="Not a customer"
+            )
         at = effective_time(
-            body.occurred_at, now=utcnow(), not_before=customer["customer_since"],
-            not_before_what="the lead became a customer", skew=_skew(settings),
+            body.occurred_at,
+            now=utcnow(),
+            not_before=customer["customer_since"],
+            not_before_what="the lead became a customer",
+            skew=_skew(settings),
         )
         record = await store.insert_revenue(
-            uow.conn, revenue_id=revenue_id, lead_id=lead_id, amount=money(body.amount), currency=currency,
-            kind=body.kind, occurred_at=at,
+            uow.conn,
+            revenue_id=revenue_id,
+            lead_id=lead_id,
+            amount=money(body.amount),
+            currency=currency,
+            kind=body.kind,
+            occurred_at=at,
         )
         if record is None:  # the same event_id, recorded meanwhile for another customer
             raise Problem(409, f"event_id {revenue_id} already recorded different revenue.")
         facts = store.lead_facts(lead)
         recorded = CustomerRevenueRecorded(
-            revenue_id=revenue_id, lead_id=lead_id, amount=record["amount"], currency=currency,
-            kind=body.kind, occurred_at=at, attribution=facts.attribution,
+            revenue_id=revenue_id,
+            lead_id=lead_id,
+            amount=record["amount"],
+            currency=currency,
+            kind=body.kind,
+            occurred_at=at,
+            attribution=facts.attribution,
         )
         await uow.publish(DEAL_EVENTS, deal_envelope(recorded, lead_id=lead_id, occurred_at=at))
         return RevenueOut(**dict(record))

@@ -46,9 +46,7 @@ def check_currency(currency: str | None, expected: str) -> str:
     if currency is None:
         return expected
     if currency.strip().upper() != expected.upper():
-        raise InvalidField(
-            "currency", f"currency must be {expected} (EMBUDO_CURRENCY); {currency!r} is not accepted"
-        )
+        raise InvalidField("currency", f"currency must be {expected} (EMBUDO_CURRENCY); {currency!r} is not accepted")
     return expected
 
 
@@ -128,4 +126,3 @@ class LeadFacts:
 def deal_envelope(data: EventData, *, lead_id: uuid.UUID, occurred_at: datetime) -> Envelope:
     """Deal and revenue events are keyed by lead_id: a customer's history stays in order."""
     return Envelope.wrap(data, source=SOURCE, key=str(lead_id), occurred_at=occurred_at)
-

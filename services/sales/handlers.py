@@ -29,13 +29,24 @@ async def open_deal(
     or None when the handoff event `source_event_id` already created one."""
     deal_id = uuid.uuid4()
     deal = await store.insert_deal(
-        uow.conn, deal_id=deal_id, lead_id=lead.lead_id, name=name, stage=stage, amount=amount,
-        currency=currency, created_at=created_at, source_event_id=source_event_id,
+        uow.conn,
+        deal_id=deal_id,
+        lead_id=lead.lead_id,
+        name=name,
+        stage=stage,
+        amount=amount,
+        currency=currency,
+        created_at=created_at,
+        source_event_id=source_event_id,
     )
     if deal is None:
         return None
     created = DealCreated(
-        **lead.deal_fields(deal_id), name=name, stage=stage, amount=amount, currency=currency,
+        **lead.deal_fields(deal_id),
+        name=name,
+        stage=stage,
+        amount=amount,
+        currency=currency,
         created_at=created_at,
     )
     await uow.publish(DEAL_EVENTS, deal_envelope(created, lead_id=lead.lead_id, occurred_at=created_at))
@@ -45,29 +56,45 @@ async def open_deal(
 async def on_lead_created(event: Envelope, uow: UnitOfWork) -> None:
     data: LeadCreated = event.data
     await store.upsert_lead(
-        uow.conn, lead_id=data.lead_id, email=data.email, created_at=data.created_at,
-        attribution=data.attribution, stage=None,  # a stage_changed already applied is newer
+        uow.conn,
+        lead_id=data.lead_id,
+        email=data.email,
+        created_at=data.created_at,
+        attribution=data.attribution,
+        stage=None,  # a stage_changed already applied is newer
     )
 
 
 async def on_lead_touched(event: Envelope, uow: UnitOfWork) -> None:
     data: LeadTouched = event.data
     await store.upsert_lead(
-        uow.conn, lead_id=data.lead_id, email=data.email, created_at=data.created_at,
-        attribution=data.attribution, stage=None,
+        uow.conn,
+        lead_id=data.lead_id,
+        email=data.email,
+        created_at=data.created_at,
+        attribution=data.attribution,
+        stage=None,
     )
 
 
 async def on_lead_stage_changed(event: Envelope, uow: UnitOfWork, *, currency: str) -> None:
     data: LeadStageChanged = event.data
     await store.upsert_lead(
-        uow.conn, lead_id=data.lead_id, email=None, created_at=data.created_at,
-        attribution=data.attribution, stage=data.to_stage,
+        uow.conn,
+        lead_id=data.lead_id,
+        email=None,
+        created_at=data.created_at,
+        attribution=data.attribution,
+        stage=data.to_stage,
     )
     if data.to_stage == "sql":
         lead = LeadFacts(data.lead_id, data.created_at, data.attribution)
         await open_deal(
-            uow, lead, stage=HANDOFF_STAGE, created_at=data.occurred_at, currency=currency,
+            uow,
+            lead,
+            stage=HANDOFF_STAGE,
+            created_at=data.occurred_at,
+            currency=currency,
             source_event_id=event.event_id,
         )
 

@@ -75,7 +75,14 @@ async def insert_deal(
            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
            ON CONFLICT (source_event_id) DO NOTHING
            RETURNING *""",
-        deal_id, lead_id, name, stage, amount, currency, created_at, source_event_id,
+        deal_id,
+        lead_id,
+        name,
+        stage,
+        amount,
+        currency,
+        created_at,
+        source_event_id,
     )
     if deal is not None:
         await add_history(conn, deal_id, None, stage, created_at)
@@ -87,7 +94,10 @@ async def add_history(
 ) -> None:
     await conn.execute(
         "INSERT INTO deal_stage_history (deal_id, from_stage, to_stage, occurred_at) VALUES ($1, $2, $3, $4)",
-        deal_id, from_stage, to_stage, occurred_at,
+        deal_id,
+        from_stage,
+        to_stage,
+        occurred_at,
     )
 
 
@@ -97,13 +107,16 @@ async def get_deal(conn: asyncpg.Connection, deal_id: uuid.UUID, *, for_update: 
     return await conn.fetchrow(f"SELECT * FROM deals WHERE deal_id = $1{lock}", deal_id)
 
 
-async def change_stage(conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, to_stage: str,
-                       occurred_at: datetime) -> None:
+async def change_stage(
+    conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, to_stage: str, occurred_at: datetime
+) -> None:
     await conn.execute(
         """UPDATE deals SET stage = $2::text, stage_entered_at = $3::timestamptz, updated_at = now(),
                closed_at = CASE WHEN $2::text IN ('won', 'lost') THEN $3::timestamptz END
            WHERE deal_id = $1""",
-        deal_id, to_stage, occurred_at,
+        deal_id,
+        to_stage,
+        occurred_at,
     )
     await add_history(conn, deal_id, from_stage, to_stage, occurred_at)
 
@@ -120,18 +133,27 @@ async def update_details(
         """UPDATE deals SET amount = coalesce($2, amount),
                expected_close_date = coalesce($3, expected_close_date), updated_at = now()
            WHERE deal_id = $1""",
-        deal_id, amount, expected_close_date,
+        deal_id,
+        amount,
+        expected_close_date,
     )
 
 
-async def close_won(conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, amount: Decimal,
-                    occurred_at: datetime) -> None:
+async def close_won(
+    conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, amount: Decimal, occurred_at: datetime
+) -> None:
     await conn.execute("UPDATE deals SET amount = $2 WHERE deal_id = $1", deal_id, amount)
     await change_stage(conn, deal_id, from_stage, "won", occurred_at)
 
 
-async def close_lost(conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, reason: str,
-                     objections: list[str], occurred_at: datetime) -> None:
+async def close_lost(
+    conn: asyncpg.Connection,
+    deal_id: uuid.UUID,
+    from_stage: str,
+    reason: str,
+    objections: list[str],
+    occurred_at: datetime,
+) -> None:
     await conn.execute(
         "UPDATE deals SET lost_reason = $2, objections = $3 WHERE deal_id = $1", deal_id, reason, objections
     )
@@ -140,8 +162,7 @@ async def close_lost(conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: s
 
 async def stage_history(conn: asyncpg.Connection, deal_id: uuid.UUID) -> list[Row]:
     return await conn.fetch(
-        "SELECT from_stage, to_stage, occurred_at, recorded_at FROM deal_stage_history "
-        "WHERE deal_id = $1 ORDER BY id",
+        "SELECT from_stage, to_stage, occurred_at, recorded_at FROM deal_stage_history WHERE deal_id = $1 ORDER BY id",
         deal_id,
     )
 
@@ -165,22 +186,27 @@ async def list_deals(
              AND ($4::bigint IS NULL OR d.seq < $4)
            ORDER BY d.seq DESC
            LIMIT $5""",
-        stage, lead_id, campaign_id, before_seq, limit,
+        stage,
+        lead_id,
+        campaign_id,
+        before_seq,
+        limit,
     )
 
 
 # --- customers and revenue --------------------------------------------------------------
 
 
-async def become_customer(conn: asyncpg.Connection, lead_id: uuid.UUID, deal_id: uuid.UUID,
-                          at: datetime) -> bool:
+async def become_customer(conn: asyncpg.Connection, lead_id: uuid.UUID, deal_id: uuid.UUID, at: datetime) -> bool:
     """True when this win made the lead a customer (the first won deal sales records).
     A backfilled win that happened earlier moves customer_since back, not first_deal_id:
     published events are never rewritten."""
     inserted = await conn.fetchval(
         """INSERT INTO customers (lead_id, first_deal_id, customer_since) VALUES ($1, $2, $3)
            ON CONFLICT (lead_id) DO NOTHING RETURNING true""",
-        lead_id, deal_id, at,
+        lead_id,
+        deal_id,
+        at,
     )
     if not inserted:
         await conn.execute(
@@ -189,17 +215,13 @@ async def become_customer(conn: asyncpg.Connection, lead_id: uuid.UUID, deal_id:
     return bool(inserted)
 
 
-async def get_customer(
-    conn: asyncpg.Connection, lead_id: uuid.UUID, *, for_update: bool = False
-) -> Row | None:
+async def get_customer(conn: asyncpg.Connection, lead_id: uuid.UUID, *, for_update: bool = False) -> Row | None:
     lock = " FOR UPDATE" if for_update else ""
     return await conn.fetchrow(f"SELECT * FROM customers WHERE lead_id = $1{lock}", lead_id)
 
 
 async def won_deals(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[Row]:
-    return await conn.fetch(
-        "SELECT * FROM deals WHERE lead_id = $1 AND stage = 'won' ORDER BY closed_at, seq", lead_id
-    )
+    return await conn.fetch("SELECT * FROM deals WHERE lead_id = $1 AND stage = 'won' ORDER BY closed_at, seq", lead_id)
 
 
 async def insert_revenue(
@@ -217,7 +239,12 @@ async def insert_revenue(
         """INSERT INTO revenue (revenue_id, lead_id, amount, currency, kind, occurred_at)
            VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (revenue_id) DO NOTHING RETURNING *""",
-        revenue_id, lead_id, amount, currency, kind, occurred_at,
+        revenue_id,
+        lead_id,
+        amount,
+        currency,
+        kind,
+        occurred_at,
     )
 
 

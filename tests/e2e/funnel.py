@@ -60,8 +60,15 @@ def cents(value: Decimal | None) -> str | None:
     return None if value is None else str(value.quantize(Decimal("0.01"), ROUND_HALF_UP))
 
 
-def expected_kpis(facts: Facts, start: datetime, end: datetime, *, campaign_id: str | None = None,
-                  channel: str | None = None, attribution: str = "first_touch") -> dict:
+def expected_kpis(
+    facts: Facts,
+    start: datetime,
+    end: datetime,
+    *,
+    campaign_id: str | None = None,
+    channel: str | None = None,
+    attribution: str = "first_touch",
+) -> dict:
     def within(at: datetime | None) -> bool:
         return at is not None and start <= at < end
 
@@ -69,9 +76,13 @@ def expected_kpis(facts: Facts, start: datetime, end: datetime, *, campaign_id: 
         c, ch = lead.touch(attribution)
         return (campaign_id is None or c == campaign_id) and (channel is None or ch == channel)
 
-    ads = [e for e in facts.campaign_events if within(e["at"])
-           and (campaign_id is None or e["campaign_id"] == campaign_id)
-           and (channel is None or e["channel"] == channel)]
+    ads = [
+        e
+        for e in facts.campaign_events
+        if within(e["at"])
+        and (campaign_id is None or e["campaign_id"] == campaign_id)
+        and (channel is None or e["channel"] == channel)
+    ]
     impressions = sum(e.get("count", 0) for e in ads if e["event"] == "impression")
     clicks = sum(e.get("count", 0) for e in ads if e["event"] == "click")
     spend = sum((e["amount"] for e in ads if e["event"] == "spend"), Decimal(0))
@@ -97,12 +108,16 @@ def expected_kpis(facts: Facts, start: datetime, end: datetime, *, campaign_id: 
     recorded = [r for r in facts.revenue if within(r[1]) and matches(r[0])]
     revenue = sum((d.amount for d in won), Decimal(0)) + sum((r[2] for r in recorded), Decimal(0))
     lifetime = sum((d.amount for d in facts.deals if d.won_at and d.lead in new_customers), Decimal(0)) + sum(
-        (r[2] for r in facts.revenue if r[0] in new_customers), Decimal(0))
+        (r[2] for r in facts.revenue if r[0] in new_customers), Decimal(0)
+    )
     cycles = [(d.won_at - d.lead.created_at).total_seconds() / 86400 for d in won]
     n = len(new_customers)
     return {
-        "impressions": impressions, "clicks": clicks, "spend": cents(spend),
-        "leads_generated": len(cohort), "funnel": funnel,
+        "impressions": impressions,
+        "clicks": clicks,
+        "spend": cents(spend),
+        "leads_generated": len(cohort),
+        "funnel": funnel,
         "conversion_rate": ratio(len(cohort), clicks),
         "conversion_rates": {
             "click_to_lead": ratio(len(cohort), clicks),
@@ -113,7 +128,9 @@ def expected_kpis(facts: Facts, start: datetime, end: datetime, *, campaign_id: 
             "lead_to_customer": ratio(funnel["customer"], funnel["leads"]),
         },
         "close_rate": ratio(funnel["customer"], funnel["leads"]),
-        "deals_won": len(won), "deals_lost": len(lost), "win_rate": ratio(len(won), len(won) + len(lost)),
+        "deals_won": len(won),
+        "deals_lost": len(lost),
+        "win_rate": ratio(len(won), len(won) + len(lost)),
         "new_customers": n,
         "revenue": cents(revenue),
         "cac": cents(spend / n) if n else None,
@@ -139,8 +156,9 @@ class Scenario:
         self.now = (now or datetime.now(UTC)).replace(microsecond=0)
         self.t0 = self.now - timedelta(days=20)
         self.facts = Facts()
-        self.ingest = httpx.AsyncClient(base_url=stack.url("ingest"), timeout=30,
-                                        headers={"Authorization": f"Bearer {WRITE_KEY}"})
+        self.ingest = httpx.AsyncClient(
+            base_url=stack.url("ingest"), timeout=30, headers={"Authorization": f"Bearer {WRITE_KEY}"}
+        )
         auth = {"Authorization": f"Bearer {API_TOKEN}"}
         self.leads = httpx.AsyncClient(base_url=stack.url("leads"), headers=auth, timeout=30)
         self.sales = httpx.AsyncClient(base_url=stack.url("sales"), headers=auth, timeout=30)
@@ -166,8 +184,17 @@ class Scenario:
             await asyncio.sleep(0.5)
         raise AssertionError(f"{path} kept answering 503")
 
-    async def campaign_event(self, campaign_id: str, channel: str, event: str, at: datetime, *,
-                             count: int | None = None, amount: str | None = None, event_id: str | None = None):
+    async def campaign_event(
+        self,
+        campaign_id: str,
+        channel: str,
+        event: str,
+        at: datetime,
+        *,
+        count: int | None = None,
+        amount: str | None = None,
+        event_id: str | None = None,
+    ):
         body: dict = {"campaign_id": campaign_id, "channel": channel, "event": event, "occurred_at": iso(at)}
         if count is not None:
             body["count"] = count
@@ -184,8 +211,14 @@ class Scenario:
             fact["count"] = count or 1
         self.facts.campaign_events.append(fact)
 
-    async def submit(self, email: str, at: datetime, campaign: str | None = None, medium: str | None = None,
-                     event_id: str | None = None) -> None:
+    async def submit(
+        self,
+        email: str,
+        at: datetime,
+        campaign: str | None = None,
+        medium: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
         body: dict = {"form_id": "contact", "email": email, "occurred_at": iso(at), "name": "Visitor"}
         if campaign or medium:
             body["utm"] = {"campaign": campaign, "medium": medium, "source": "e2e"}
@@ -212,8 +245,9 @@ class Scenario:
 
     async def move(self, email: str, stage: str, at: datetime) -> None:
         lead = await self.lead(email)
-        response = await self.leads.post(f"/v1/leads/{lead.lead_id}/stage",
-                                          json={"stage": stage, "occurred_at": iso(at), "reason": "e2e"})
+        response = await self.leads.post(
+            f"/v1/leads/{lead.lead_id}/stage", json={"stage": stage, "occurred_at": iso(at), "reason": "e2e"}
+        )
         assert response.status_code == 200, response.text
         lead.stages.append(stage)
 
@@ -233,15 +267,17 @@ class Scenario:
 
     async def win(self, email: str, amount: str, at: datetime) -> None:
         deal_id, deal = await self.deal_for(email)
-        response = await self.sales.post(f"/v1/deals/{deal_id}/won",
-                                         json={"amount": amount, "currency": "EUR", "occurred_at": iso(at)})
+        response = await self.sales.post(
+            f"/v1/deals/{deal_id}/won", json={"amount": amount, "currency": "EUR", "occurred_at": iso(at)}
+        )
         assert response.status_code == 200, response.text
         deal.won_at, deal.amount = at, Decimal(amount)
 
     async def lose(self, email: str, reason: str, objections: list[str], at: datetime) -> None:
         deal_id, deal = await self.deal_for(email)
-        response = await self.sales.post(f"/v1/deals/{deal_id}/lost",
-                                         json={"reason": reason, "objections": objections, "occurred_at": iso(at)})
+        response = await self.sales.post(
+            f"/v1/deals/{deal_id}/lost", json={"reason": reason, "objections": objections, "occurred_at": iso(at)}
+        )
         assert response.status_code == 200, response.text
         deal.lost_at = at
 
@@ -252,9 +288,10 @@ class Scenario:
 
     async def renewal(self, email: str, amount: str, at: datetime) -> None:
         lead = self.facts.leads[email]
-        response = await self.sales.post(f"/v1/customers/{lead.lead_id}/revenue",
-                                         json={"amount": amount, "currency": "EUR", "kind": "renewal",
-                                               "occurred_at": iso(at)})
+        response = await self.sales.post(
+            f"/v1/customers/{lead.lead_id}/revenue",
+            json={"amount": amount, "currency": "EUR", "kind": "renewal", "occurred_at": iso(at)},
+        )
         assert response.status_code == 201, response.text
         self.facts.revenue.append((lead, at, Decimal(amount)))
 

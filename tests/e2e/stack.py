@@ -56,9 +56,22 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
         self.processes[service] = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", f"services.{service}.main:build_app",
-             "--host", "127.0.0.1", "--port", str(self.ports[service]), "--no-access-log"],
-            cwd=ROOT, env=self.env(service), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                f"services.{service}.main:build_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports[service]),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=self.env(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.wait_ready(service, timeout)
 

@@ -30,8 +30,9 @@ async def flow(scenario: Scenario, clicks: int, submissions: int, *, resend_ever
     async def submit(i: int) -> None:
         event_id = str(uuid.uuid4())
         for _ in range(2 if i % resend_every == 0 else 1):
-            await scenario.submit(f"visitor{i}@example.com", start + timedelta(seconds=i), "flow", "cpc",
-                                  event_id=event_id)
+            await scenario.submit(
+                f"visitor{i}@example.com", start + timedelta(seconds=i), "flow", "cpc", event_id=event_id
+            )
         statuses["submission"] = statuses.get("submission", 0) + 1
 
     jobs = [click(i) for i in range(clicks)] + [submit(i) for i in range(submissions)]
@@ -101,8 +102,13 @@ async def test_broker_outage_gives_503s_and_retried_events_are_counted_once(
         async def send_until_accepted(i: int) -> None:
             """A retrying client: same body, same event_id, until 202."""
             nonlocal unavailable
-            body = {"event_id": str(uuid.uuid4()), "campaign_id": "outage", "channel": "cpc", "event": "click",
-                    "occurred_at": (start + timedelta(seconds=i)).isoformat()}
+            body = {
+                "event_id": str(uuid.uuid4()),
+                "campaign_id": "outage",
+                "channel": "cpc",
+                "event": "click",
+                "occurred_at": (start + timedelta(seconds=i)).isoformat(),
+            }
             while True:
                 response = await scenario.post_ingest("/v1/campaign-events", body, retry_unavailable=False)
                 if response.status_code == 202:

@@ -30,11 +30,15 @@ async def test_kpis_of_a_funnel_scenario_equal_an_independent_computation(stack)
             for campaign_id in ("spring", "news"):
                 await scenario.kpis_settle_at(
                     scenario.expected(campaign_id=campaign_id, attribution=attribution),
-                    **period, campaign_id=campaign_id, attribution=attribution,
+                    **period,
+                    campaign_id=campaign_id,
+                    attribution=attribution,
                 )
             await scenario.kpis_settle_at(
                 scenario.expected(channel="email", attribution=attribution),
-                **period, channel="email", attribution=attribution,
+                **period,
+                channel="email",
+                attribution=attribution,
             )
         # The attribution switch matters here: ana's first touch is spring, her last is news.
         assert scenario.expected(campaign_id="news", attribution="last_touch")["funnel"]["customer"] == 1

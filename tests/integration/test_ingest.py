@@ -42,8 +42,13 @@ def click(campaign_id: str = "spring", **fields) -> dict:
 
 
 def spend(amount="12.50", currency="EUR", **fields) -> dict:
-    return {"campaign_id": "spring", "channel": "cpc", "event": "spend",
-            "cost": {"amount": amount, "currency": currency}, **fields}
+    return {
+        "campaign_id": "spring",
+        "channel": "cpc",
+        "event": "spend",
+        "cost": {"amount": amount, "currency": currency},
+        **fields,
+    }
 
 
 async def create_visible_topics(bootstrap: str, prefix: str) -> None:
@@ -54,6 +59,7 @@ async def create_visible_topics(bootstrap: str, prefix: str) -> None:
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await probe.start()
     try:
+
         async def listed() -> bool:
             await probe._client.force_metadata_update()
             return all(probe.partitions_for_topic(name) for name in names)
@@ -112,8 +118,9 @@ async def nothing_before(reader, client, email: str) -> None:
     key lands on the same partition after anything the refused one might have written,
     so it must be the first record the reader sees."""
     sentinel = (await client.post("/v1/form-submissions", json=submission(email), headers=AUTH)).json()
-    records = await reader.read_until(lambda r: any(str(Envelope.from_bytes(x.value).event_id)
-                                                    in sentinel["event_ids"] for x in r))
+    records = await reader.read_until(
+        lambda r: any(str(Envelope.from_bytes(x.value).event_id) in sentinel["event_ids"] for x in r)
+    )
     assert [str(Envelope.from_bytes(r.value).event_id) for r in records] == sentinel["event_ids"]
 
 
@@ -181,7 +188,9 @@ async def test_a_mixed_batch_lands_on_both_topics_with_the_ids_in_order(client, 
     form_events = events_of(await forms.read_until(lambda r: len(r) >= 2))
     campaign_events = events_of(await campaigns.read_until(lambda r: len(r) >= 2))
     assert {str(e.event_id): e.key for e in form_events} == {
-        body["event_ids"][0]: "a@example.com", body["event_ids"][2]: "b@example.com"}
+        body["event_ids"][0]: "a@example.com",
+        body["event_ids"][2]: "b@example.com",
+    }
     assert {str(e.event_id) for e in campaign_events} == {body["event_ids"][1], body["event_ids"][3]}
 
 
@@ -196,15 +205,23 @@ async def test_the_same_event_id_twice_is_the_same_event_id_on_the_topic(client,
 
 # --- HTML forms -------------------------------------------------------------------------
 
-FORM = {"form_id": "newsletter", "email": "Visitor@Example.org", "utm_source": "newsletter",
-        "utm_medium": "email", "utm_campaign": "march", "company": "", "interest": "crm"}
+FORM = {
+    "form_id": "newsletter",
+    "email": "Visitor@Example.org",
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "utm_campaign": "march",
+    "company": "",
+    "interest": "crm",
+}
 
 
 async def test_an_html_form_post_redirects_to_an_allowed_host(ingest_settings, forms):
     settings = await ingest_settings(allowed_redirect_hosts="www.example.org")
     async with serve(build_app(settings)) as client:
-        response = await client.post(f"/v1/form-submissions?key={KEY}",
-                                     data={**FORM, "redirect": "https://www.example.org/thanks"})
+        response = await client.post(
+            f"/v1/form-submissions?key={KEY}", data={**FORM, "redirect": "https://www.example.org/thanks"}
+        )
     assert response.status_code == 303, response.text
     assert response.headers["location"] == "https://www.example.org/thanks"
 
@@ -230,8 +247,9 @@ async def test_an_html_form_post_without_an_allowed_redirect_gets_202(ingest_set
 
 
 async def test_an_html_form_post_names_bad_inputs_by_their_form_names(client):
-    response = await client.post(f"/v1/form-submissions?key={KEY}",
-                                 data={"form_id": "f", "email": "nope", "utm_source": "x" * 201})
+    response = await client.post(
+        f"/v1/form-submissions?key={KEY}", data={"form_id": "f", "email": "nope", "utm_source": "x" * 201}
+    )
     assert fields_of(assert_problem(response, 422)) == ["email", "utm_source"]
     response = await client.post("/v1/form-submissions", data=FORM)  # no ?key=
     assert_problem(response, 401)
@@ -240,18 +258,25 @@ async def test_an_html_form_post_names_bad_inputs_by_their_form_names(client):
 async def test_cors_preflight_is_answered_for_configured_origins_only(ingest_settings):
     settings = await ingest_settings(cors_origins="https://www.example.org")
     async with serve(build_app(settings)) as client:
+
         def preflight(origin: str):
-            return client.options("/v1/form-submissions", headers={
-                "Origin": origin, "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization, content-type"})
+            return client.options(
+                "/v1/form-submissions",
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization, content-type",
+                },
+            )
 
         allowed = await preflight("https://www.example.org")
         assert allowed.status_code == 200
         assert allowed.headers["access-control-allow-origin"] == "https://www.example.org"
         refused = await preflight("https://evil.test")
         assert "access-control-allow-origin" not in refused.headers
-        posted = await client.post("/v1/campaign-events", json=click(),
-                                   headers={**AUTH, "Origin": "https://www.example.org"})
+        posted = await client.post(
+            "/v1/campaign-events", json=click(), headers={**AUTH, "Origin": "https://www.example.org"}
+        )
         assert posted.status_code == 202
         assert posted.headers["access-control-allow-origin"] == "https://www.example.org"
 
@@ -259,9 +284,7 @@ async def test_cors_preflight_is_answered_for_configured_origins_only(ingest_set
 # --- refusals ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}]
-)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}])
 async def test_a_missing_or_unknown_write_key_is_401(client, headers):
     response = await client.post("/v1/campaign-events", json=click(), headers=headers)
     assert_problem(response, 401)
@@ -275,8 +298,9 @@ async def test_every_configured_key_and_the_key_parameter_are_accepted(client):
 
 async def test_the_dev_key_works_only_in_dev(ingest_settings):
     async with serve(build_app(await ingest_settings(env="dev", write_keys=""))) as client:
-        response = await client.post("/v1/campaign-events", json=click(),
-                                     headers={"Authorization": f"Bearer {DEV_WRITE_KEY}"})
+        response = await client.post(
+            "/v1/campaign-events", json=click(), headers={"Authorization": f"Bearer {DEV_WRITE_KEY}"}
+        )
         assert response.status_code == 202
     with pytest.raises(SystemExit, match="EMBUDO_WRITE_KEYS"):
         build_app(await ingest_settings(env="prod", write_keys=""))
@@ -305,13 +329,15 @@ async def test_an_event_over_32_kb_is_413_and_its_batch_publishes_nothing(client
 
 
 async def test_an_unsupported_content_type_is_415(client):
-    response = await client.post("/v1/campaign-events", content=json.dumps(click()),
-                                 headers={**AUTH, "Content-Type": "text/plain"})
+    response = await client.post(
+        "/v1/campaign-events", content=json.dumps(click()), headers={**AUTH, "Content-Type": "text/plain"}
+    )
     assert_problem(response, 415)
     response = await client.post("/v1/batch", data={"batch": "x"}, headers=AUTH)
     assert_problem(response, 415)
-    response = await client.post("/v1/form-submissions", content=b"<xml/>",
-                                 headers={**AUTH, "Content-Type": "application/xml"})
+    response = await client.post(
+        "/v1/form-submissions", content=b"<xml/>", headers={**AUTH, "Content-Type": "application/xml"}
+    )
     assert_problem(response, 415)
 
 
@@ -319,14 +345,15 @@ async def test_an_unsupported_content_type_is_415(client):
     ("path", "body", "fields"),
     [
         ("/v1/form-submissions", {"form_id": "", "email": "not-an-email"}, ["email", "form_id"]),
-        ("/v1/form-submissions", {**submission(), "utm": {"source": 3, "campain": "x"}},
-         ["utm.campain", "utm.source"]),
+        ("/v1/form-submissions", {**submission(), "utm": {"source": 3, "campain": "x"}}, ["utm.campain", "utm.source"]),
         ("/v1/form-submissions", {**submission(), "fields": {"a": 1}}, ["fields.a"]),
         ("/v1/form-submissions", [submission()], ["body"]),
         # NUL: no consumer's database could store it, so the event would never be applied.
-        ("/v1/form-submissions",
-         {**submission(name="Ana\x00"), "utm": {"campaign": "spring\x00"}, "fields": {"budget": "\x00"}},
-         ["fields.budget", "name", "utm.campaign"]),
+        (
+            "/v1/form-submissions",
+            {**submission(name="Ana\x00"), "utm": {"campaign": "spring\x00"}, "fields": {"budget": "\x00"}},
+            ["fields.budget", "name", "utm.campaign"],
+        ),
         ("/v1/campaign-events", {"channel": "cpc", "event": "view"}, ["campaign_id", "event"]),
         ("/v1/campaign-events", click(count=0), ["count"]),
         ("/v1/campaign-events", click(event_id="not-a-uuid"), ["event_id"]),
@@ -343,8 +370,7 @@ async def test_invalid_fields_are_422_with_their_paths(client, path, body, field
     ("body", "field", "error_type"),
     [
         (click(occurred_at="2025-03-01T10:00:00"), "occurred_at", "timezone_aware"),
-        (click(occurred_at=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()), "occurred_at",
-         "future_timestamp"),
+        (click(occurred_at=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()), "occurred_at", "future_timestamp"),
         (spend(currency="USD"), "cost.currency", "currency_mismatch"),
         ({**click(), "cost": {"amount": "1.00", "currency": "EUR"}}, "cost", "cost_refused"),
         ({**spend(), "cost": None}, "cost", "cost_required"),
@@ -388,9 +414,7 @@ async def test_a_batch_needs_one_to_five_hundred_items(client):
     assert response.json()["accepted"] == 500
 
 
-async def test_a_key_over_its_rate_gets_429_with_retry_after_but_other_keys_do_not(
-    ingest_settings, campaigns
-):
+async def test_a_key_over_its_rate_gets_429_with_retry_after_but_other_keys_do_not(ingest_settings, campaigns):
     # 2 events of burst, refilled at one every 1000 s: the third must wait.
     settings = await ingest_settings(rate_limit_per_second=0.001, rate_limit_burst=2)
     async with serve(build_app(settings)) as client:
@@ -400,8 +424,7 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_but_other_keys_do_n
         limited = await client.post("/v1/campaign-events", json=click(), headers=AUTH)
         assert_problem(limited, 429)
         assert 1 <= int(limited.headers["retry-after"]) <= 1000
-        other = await client.post("/v1/campaign-events", json=click(),
-                                  headers={"Authorization": f"Bearer {OTHER_KEY}"})
+        other = await client.post("/v1/campaign-events", json=click(), headers={"Authorization": f"Bearer {OTHER_KEY}"})
         assert other.status_code == 202
     records = await campaigns.read_until(lambda r: len(r) >= 3)
     published = {str(Envelope.from_bytes(r.value).event_id) for r in records}

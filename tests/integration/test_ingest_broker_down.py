@@ -26,8 +26,12 @@ async def test_broker_down_is_503_within_the_bound_and_ingest_recovers(make_sett
     prefix = f"t{uuid.uuid4().hex[:10]}."
     await ensure_topics(private_broker.bootstrap, prefix=prefix)
     settings = await make_settings(
-        IngestSettings, database=False, write_keys=KEY, topic_prefix=prefix,
-        kafka_bootstrap_servers=private_broker.bootstrap, kafka_send_timeout_seconds=SEND_BOUND,
+        IngestSettings,
+        database=False,
+        write_keys=KEY,
+        topic_prefix=prefix,
+        kafka_bootstrap_servers=private_broker.bootstrap,
+        kafka_send_timeout_seconds=SEND_BOUND,
     )
     reader = TopicReader(private_broker.bootstrap, prefix + CAMPAIGN_EVENTS.name)
     await reader.open()
@@ -64,7 +68,8 @@ async def test_broker_down_is_503_within_the_bound_and_ingest_recovers(make_sett
 
         ids = {before.json()["event_ids"][0], retried_id}
         records = await reader.read_until(
-            lambda r: ids <= {str(Envelope.from_bytes(x.value).event_id) for x in r}, timeout=60)
+            lambda r: ids <= {str(Envelope.from_bytes(x.value).event_id) for x in r}, timeout=60
+        )
         # The 503'd attempt may also have landed after recovery: same event_id, deduped downstream.
         assert {str(Envelope.from_bytes(r.value).event_id) for r in records} == ids
     finally:

@@ -57,13 +57,15 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "string":
         return string_of(schema)
     if kind == "array":
-        return st.lists(from_schema(schema.get("items", {})), min_size=schema.get("minItems", 0),
-                        max_size=min(schema.get("maxItems", 5), 5))
+        return st.lists(
+            from_schema(schema.get("items", {})),
+            min_size=schema.get("minItems", 0),
+            max_size=min(schema.get("maxItems", 5), 5),
+        )
     if kind == "object" or "properties" in schema:
         properties = schema.get("properties", {})
         # A const (a batch item's "type") is what picks the union member: always send it.
-        required = {name for name, spec in properties.items()
-                    if name in schema.get("required", ()) or "const" in spec}
+        required = {name for name, spec in properties.items() if name in schema.get("required", ()) or "const" in spec}
         body = st.fixed_dictionaries(
             {name: from_schema(properties[name]) for name in required},
             optional={name: from_schema(s) for name, s in properties.items() if name not in required},
@@ -93,6 +95,7 @@ def string_of(schema: dict[str, Any]) -> st.SearchStrategy[str]:
 
 def broken(valid: st.SearchStrategy[dict]) -> st.SearchStrategy[Any]:
     """Conforming bodies with one thing wrong, or not even JSON objects."""
+
     def replace_one(pair: tuple[dict, Any, int]) -> Any:
         body, value, pick = pair
         if not isinstance(body, dict) or not body:
@@ -112,7 +115,8 @@ def broken(valid: st.SearchStrategy[dict]) -> st.SearchStrategy[Any]:
         st.tuples(valid, JSON_VALUES, st.integers(0, 100)).map(replace_one),
         st.tuples(valid, st.integers(0, 100)).map(drop_one),
         st.tuples(valid, st.text(min_size=1, max_size=10), JSON_VALUES).map(
-            lambda t: {**t[0], t[1]: t[2]} if isinstance(t[0], dict) else t[0]),
+            lambda t: {**t[0], t[1]: t[2]} if isinstance(t[0], dict) else t[0]
+        ),
         JSON_VALUES,
     )
 
@@ -127,18 +131,23 @@ def requests_for(media: dict[str, Any]) -> st.SearchStrategy[tuple[str, bytes]]:
             options.append(bodies.map(lambda b: ("application/json", json.dumps(b).encode())))
         else:  # a form: flat string values only
             forms = bodies.filter(lambda b: isinstance(b, dict)).map(
-                lambda b: {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in b.items()})
+                lambda b: {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in b.items()}
+            )
             options.append(forms.map(lambda b, ct=content_type: (ct, str(httpx.QueryParams(b)).encode())))
     # The wrong content type, or bytes that are not JSON at all.
-    options.append(st.tuples(st.sampled_from(["text/plain", "", "application/json", "multipart/form-data"]),
-                             st.binary(max_size=64)))
+    options.append(
+        st.tuples(
+            st.sampled_from(["text/plain", "", "application/json", "multipart/form-data"]), st.binary(max_size=64)
+        )
+    )
     return st.one_of(options)
 
 
 async def test_no_request_generated_from_the_spec_gets_a_5xx(make_settings, topics, topic_prefix):
     await create_visible_topics(topics, topic_prefix)  # a valid event must not wait on topic creation
-    app = build_app(await make_settings(
-        IngestSettings, database=False, write_keys=KEY, allowed_redirect_hosts="example.com"))
+    app = build_app(
+        await make_settings(IngestSettings, database=False, write_keys=KEY, allowed_redirect_hosts="example.com")
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())
     try:
@@ -156,9 +165,14 @@ async def test_no_request_generated_from_the_spec_gets_a_5xx(make_settings, topi
 
         def explore(path: str, media: dict[str, Any]) -> None:
             with httpx.Client(base_url=base_url, timeout=30) as http:
+
                 @given(request=requests_for(media), auth=st.sampled_from([KEY, KEY, KEY, None, "wrong"]))
-                @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck))
+                @settings(
+                    max_examples=EXAMPLES_PER_OPERATION,
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                )
                 def never_a_server_error(request: tuple[str, bytes], auth: str | None) -> None:
                     content_type, body = request
                     headers = {"Content-Type": content_type} if content_type else {}

@@ -105,15 +105,18 @@ async def lead_events(topic_reader, topic_prefix: str):
 
 
 def submission(
-    email: str, minutes: int = 0, *, form_id: str = "newsletter", campaign: str | None = None,
-    medium: str | None = None, **profile,
+    email: str,
+    minutes: int = 0,
+    *,
+    form_id: str = "newsletter",
+    campaign: str | None = None,
+    medium: str | None = None,
+    **profile,
 ) -> Envelope:
     data = FormSubmission(
         form_id=form_id, email=email, utm=Utm(source="test", medium=medium, campaign=campaign), **profile
     )
-    return Envelope.wrap(
-        data, source="test", key=email.strip().lower(), occurred_at=T0 + timedelta(minutes=minutes)
-    )
+    return Envelope.wrap(data, source="test", key=email.strip().lower(), occurred_at=T0 + timedelta(minutes=minutes))
 
 
 async def publish(producer: EventProducer, *events: Envelope) -> None:
@@ -128,8 +131,15 @@ def parse(ts: str) -> datetime:
 
 
 async def test_first_submission_creates_a_lead_and_publishes_lead_created(leads, producer, lead_events):
-    sent = submission("Ana@Example.com", form_id="demo-request", campaign="spring", medium="cpc",
-                      name="Ana", company="Acme", fields={"job_title": "CTO"})
+    sent = submission(
+        "Ana@Example.com",
+        form_id="demo-request",
+        campaign="spring",
+        medium="cpc",
+        name="Ana",
+        company="Acme",
+        fields={"job_title": "CTO"},
+    )
     await publish(producer, sent)
 
     [created] = await lead_events.events(1)
@@ -148,7 +158,10 @@ async def test_first_submission_creates_a_lead_and_publishes_lead_created(leads,
     detail = await leads.detail(lead["lead_id"])
     assert detail["email"] == "ana@example.com"
     assert detail["profile"] == {
-        "name": "Ana", "company": "Acme", "phone": None, "fields": {"job_title": "CTO"},
+        "name": "Ana",
+        "company": "Acme",
+        "phone": None,
+        "fields": {"job_title": "CTO"},
     }
     assert detail["score"] == 45
     assert detail["stage"] == "lead"
@@ -343,9 +356,7 @@ async def test_a_stage_change_with_an_explicit_time_is_kept_and_published(leads,
 # --- the outbox ------------------------------------------------------------------------------
 
 
-async def test_the_outbox_publishes_each_committed_change_once_and_nothing_on_rollback(
-    leads, producer, lead_events
-):
+async def test_the_outbox_publishes_each_committed_change_once_and_nothing_on_rollback(leads, producer, lead_events):
     await publish(producer, submission("jo@example.com", 0))
     lead_id = (await leads.wait_for("jo@example.com"))["lead_id"]
     await lead_events.events(1)
@@ -475,13 +486,20 @@ async def test_pagination_walks_every_lead_once_in_created_order(leads, producer
     assert keys == sorted(keys) and len(set(keys)) == 11
 
     # created_from is inclusive, created_to exclusive; filters combine with the cursor
-    window = {"created_from": (T0 + timedelta(minutes=1)).isoformat(),
-              "created_to": (T0 + timedelta(minutes=4)).isoformat(), "limit": 2}
+    window = {
+        "created_from": (T0 + timedelta(minutes=1)).isoformat(),
+        "created_to": (T0 + timedelta(minutes=4)).isoformat(),
+        "limit": 2,
+    }
     first = (await leads.client.get("/v1/leads", params=window)).json()
     rest = (await leads.client.get("/v1/leads", params=window | {"cursor": first["next_cursor"]})).json()
     assert rest["next_cursor"] is None
-    assert sorted(i["email"] for i in first["items"] + rest["items"]) == ["p1@example.com", "p2@example.com",
-                                                                          "p3@example.com", "p4@example.com"]
+    assert sorted(i["email"] for i in first["items"] + rest["items"]) == [
+        "p1@example.com",
+        "p2@example.com",
+        "p3@example.com",
+        "p4@example.com",
+    ]
 
 
 async def test_stage_filter(leads, producer):
@@ -517,8 +535,7 @@ async def test_the_api_needs_a_valid_token(leads):
         ("POST", "/v1/leads/{lead}/stage", {"stage": "customer"}, 422, "stage"),
         ("POST", "/v1/leads/{lead}/stage", {}, 422, "stage"),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "stgae": "x"}, 422, "stgae"),
-        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "occurred_at": "2025-03-02T10:00:00"}, 422,
-         "occurred_at"),
+        ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "occurred_at": "2025-03-02T10:00:00"}, 422, "occurred_at"),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "occurred_at": "yesterday"}, 422, "occurred_at"),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "reason": "x" * 501}, 422, "reason"),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "mql", "reason": "x\x00"}, 422, "reason"),
@@ -530,8 +547,7 @@ async def test_the_api_needs_a_valid_token(leads):
         # Well-formed base64 JSON whose id is a number, not a string.
         ("GET", "/v1/leads?cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgNV0=", None, 422, "cursor"),
         ("GET", "/v1/leads?created_from=2025-03-01", None, 422, "created_from"),
-        ("GET", "/v1/leads?created_from=2025-03-02T00:00:00Z&created_to=2025-03-01T00:00:00Z", None, 422,
-         "created_to"),
+        ("GET", "/v1/leads?created_from=2025-03-02T00:00:00Z&created_to=2025-03-01T00:00:00Z", None, 422, "created_to"),
         ("GET", "/v1/leads?touch=middle", None, 422, "touch"),
         ("GET", "/v1/leads?email=ra%00@example.com", None, 422, "email"),  # Postgres refuses NUL
         ("GET", "/v1/leads?campaign_id=spring%00", None, 422, "campaign_id"),
@@ -542,9 +558,7 @@ async def test_bad_requests_get_a_clear_problem(leads, producer, method, path, b
     lead_id = (await leads.wait_for("ra@example.com"))["lead_id"]
     path = path.format(lead=lead_id, unknown=uuid.uuid4())
     if isinstance(body, str):
-        response = await leads.client.request(
-            method, path, content=body, headers={"content-type": "application/json"}
-        )
+        response = await leads.client.request(method, path, content=body, headers={"content-type": "application/json"})
     else:
         response = await leads.client.request(method, path, json=body)
     assert response.status_code == status, response.text

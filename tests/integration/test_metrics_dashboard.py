@@ -51,9 +51,7 @@ async def browser():
             await chromium.close()
 
 
-async def test_dashboard_shows_the_api_numbers_and_updates_after_new_events(
-    make_settings, topic_prefix, browser
-):
+async def test_dashboard_shows_the_api_numbers_and_updates_after_new_events(make_settings, topic_prefix, browser):
     now = datetime.now(UTC)
     ana = Lead([("spring", "cpc", now - timedelta(days=3))])
     bo = Lead([("spring", "cpc", now - timedelta(days=2)), ("news", "email", now - timedelta(days=1))])

@@ -68,14 +68,18 @@ deals = st.builds(
 )
 world_leads = st.builds(
     WorldLead,
-    touches=st.lists(st.tuples(st.sampled_from(list(CAMPAIGNS)), days), min_size=1, max_size=3,
-                     unique_by=lambda t: t[1]),  # fmt: skip
+    touches=st.lists(
+        st.tuples(st.sampled_from(list(CAMPAIGNS)), days), min_size=1, max_size=3, unique_by=lambda t: t[1]
+    ),  # fmt: skip
     stages=st.sampled_from(STAGE_PATHS),
     deals=st.lists(deals, max_size=2),
     revenue=st.lists(st.tuples(st.floats(0, 300, allow_nan=False).map(lambda d: round(d, 3)), amounts), max_size=2),
 )
 campaign_events = st.tuples(
-    st.sampled_from(["a", "b"]), st.sampled_from(["impression", "click", "spend"]), st.integers(1, 500), amounts,
+    st.sampled_from(["a", "b"]),
+    st.sampled_from(["impression", "click", "spend"]),
+    st.integers(1, 500),
+    amounts,
     st.floats(0, 100, allow_nan=False).map(lambda d: round(d, 3)),
 )
 worlds = st.builds(

@@ -38,9 +38,7 @@ async def producer(topics: str, topic_prefix: str):
 def effects_migrations(tmp_path: Path) -> Path:
     folder = tmp_path / "testsvc" / "migrations"
     folder.mkdir(parents=True)
-    (folder / "001_effects.sql").write_text(
-        "CREATE TABLE effects (event_id uuid NOT NULL, email text NOT NULL);"
-    )
+    (folder / "001_effects.sql").write_text("CREATE TABLE effects (event_id uuid NOT NULL, email text NOT NULL);")
     return folder
 
 
@@ -91,6 +89,7 @@ def record_effect(calls: list[uuid.UUID]):
 async def run_consumer_until(consumer: EventConsumer, condition, timeout: float = 30.0) -> None:
     task = asyncio.create_task(consumer.run())
     try:
+
         async def wait() -> None:
             while not await condition():
                 if task.done():
@@ -118,8 +117,13 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool,
     calls: list[uuid.UUID] = []
     group = f"test-{uuid.uuid4().hex[:8]}"
     consumer = EventConsumer(
-        group=group, topics=[topic], handlers={"form_submission": record_effect(calls)},
-        pool=pool, producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix,
+        group=group,
+        topics=[topic],
+        handlers={"form_submission": record_effect(calls)},
+        pool=pool,
+        producer=producer,
+        bootstrap_servers=topics,
+        topic_prefix=topic_prefix,
     )
 
     async def two_effects() -> bool:
@@ -128,8 +132,13 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool,
     await run_consumer_until(consumer, two_effects)
     # Replay from the beginning with a new group: everything is recognised as processed.
     replay = EventConsumer(
-        group=f"{group}-replay", topics=[topic], handlers={"form_submission": record_effect(calls)},
-        pool=pool, producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix,
+        group=f"{group}-replay",
+        topics=[topic],
+        handlers={"form_submission": record_effect(calls)},
+        pool=pool,
+        producer=producer,
+        bootstrap_servers=topics,
+        topic_prefix=topic_prefix,
     )
 
     async def all_seen() -> bool:
@@ -161,8 +170,14 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
         await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data.email)
 
     consumer = EventConsumer(
-        group=group, topics=[topic], handlers={"form_submission": handle},
-        pool=pool, producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix, max_attempts=3,
+        group=group,
+        topics=[topic],
+        handlers={"form_submission": handle},
+        pool=pool,
+        producer=producer,
+        bootstrap_servers=topics,
+        topic_prefix=topic_prefix,
+        max_attempts=3,
     )
 
     async def good_applied() -> bool:
@@ -189,7 +204,9 @@ async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool,
     committed = [
         Envelope.wrap(
             CampaignEvent(campaign_id=f"outbox-{uuid.uuid4().hex[:6]}", channel="cpc", event="click", count=i + 1),
-            source="test", key="c", occurred_at=datetime.now(UTC),
+            source="test",
+            key="c",
+            occurred_at=datetime.now(UTC),
         )
         for i in range(3)
     ]
@@ -199,7 +216,9 @@ async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool,
 
     rolled_back = Envelope.wrap(
         CampaignEvent(campaign_id="never", channel="cpc", event="click"),
-        source="test", key="c", occurred_at=datetime.now(UTC),
+        source="test",
+        key="c",
+        occurred_at=datetime.now(UTC),
     )
     with pytest.raises(RuntimeError):
         async with unit_of_work(pool) as uow:

@@ -152,9 +152,7 @@ def of_type(events: list[Envelope], event_type: str) -> list[Envelope]:
 # --- handoff ----------------------------------------------------------------------------
 
 
-async def test_sql_handoff_creates_one_deal_even_when_its_event_arrives_twice(
-    client, db, leads_out, deal_events
-):
+async def test_sql_handoff_creates_one_deal_even_when_its_event_arrives_twice(client, db, leads_out, deal_events):
     lead = Lead()
     to_sql = lead.moved("mql", "sql")
     # The touch behind the copy (same key, same partition) shows when the copy has been consumed.
@@ -236,9 +234,7 @@ async def test_deal_events_carry_the_lead_attribution_as_it_is_now(client, db, l
     assert response.status_code == 201
     assert created.data.attribution.first_touch.campaign_id == "spring"
     assert created.data.attribution.last_touch.campaign_id == "autumn"
-    assert (await db.fetchval("SELECT email FROM leads WHERE lead_id = $1", lead.lead_id)).endswith(
-        "example.com"
-    )
+    assert (await db.fetchval("SELECT email FROM leads WHERE lead_id = $1", lead.lead_id)).endswith("example.com")
 
 
 # --- the pipeline -----------------------------------------------------------------------
@@ -286,9 +282,7 @@ async def test_a_backfilled_stage_move_keeps_its_time_but_not_before_the_previou
     assert response.status_code == 200
     assert datetime.fromisoformat(response.json()["stage_entered_at"]) == moved_at
 
-    earlier = await client.patch(
-        path, json={"stage": "negotiation", "occurred_at": (now() - 7 * DAY).isoformat()}
-    )
+    earlier = await client.patch(path, json={"stage": "negotiation", "occurred_at": (now() - 7 * DAY).isoformat()})
     assert earlier.status_code == 422
     assert "before the deal's last stage change" in earlier.json()["detail"]
     assert (await client.get(path)).json()["stage"] == "proposal"
@@ -301,9 +295,7 @@ async def test_won_and_lost_deals_are_immutable(client, db, leads_out, deal_even
 
     won_response = await client.post(f"{won_path}/won", json={"amount": "5000", "currency": "EUR"})
     assert won_response.status_code == 200
-    lost_response = await client.post(
-        f"{lost_path}/lost", json={"reason": "price", "objections": ["too expensive"]}
-    )
+    lost_response = await client.post(f"{lost_path}/lost", json={"reason": "price", "objections": ["too expensive"]})
     assert lost_response.status_code == 200
     assert lost_response.json()["lost_reason"] == "price"
     assert lost_response.json()["objections"] == ["too expensive"]
@@ -323,9 +315,7 @@ async def test_won_and_lost_deals_are_immutable(client, db, leads_out, deal_even
     assert (await client.get(won_path)).json() == won_response.json()
     assert (await client.get(lost_path)).json() == lost_response.json()
     final_won = won_response.json()
-    assert (
-        final_won["stage"] == "won" and final_won["amount"] == "5000.00" and final_won["probability"] == 1.0
-    )
+    assert final_won["stage"] == "won" and final_won["amount"] == "5000.00" and final_won["probability"] == 1.0
     assert [h["to"] for h in final_won["history"]] == ["qualification", "won"]
 
     events = await deal_events.events(4)
@@ -398,18 +388,14 @@ async def test_revenue_needs_a_customer_and_records_an_event_id_once(client, db,
 
 
 async def test_revenue_for_an_unknown_lead_is_404(client):
-    response = await client.post(
-        f"/v1/customers/{uuid.uuid4()}/revenue", json={"amount": "1", "kind": "purchase"}
-    )
+    response = await client.post(f"/v1/customers/{uuid.uuid4()}/revenue", json={"amount": "1", "kind": "purchase"})
     assert response.status_code == 404
 
 
 # --- the outbox -------------------------------------------------------------------------
 
 
-async def test_every_committed_change_publishes_one_event_and_refused_ones_none(
-    client, db, leads_out, deal_events
-):
+async def test_every_committed_change_publishes_one_event_and_refused_ones_none(client, db, leads_out, deal_events):
     lead, deal = await deal_for(client, db, leads_out)
     path = f"/v1/deals/{deal['deal_id']}"
     requests = [

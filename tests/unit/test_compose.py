@@ -22,7 +22,8 @@ IMAGE_VARIABLES = {"EMBUDO_SERVICE", "PORT"}
 def settings_class(service: str) -> type[ServiceSettings]:
     module = importlib.import_module(f"services.{service}.settings")
     classes = [
-        c for c in vars(module).values()
+        c
+        for c in vars(module).values()
         if isinstance(c, type) and issubclass(c, ServiceSettings) and c is not ServiceSettings
     ]
     assert len(classes) == 1, f"services.{service}.settings should define one settings class"

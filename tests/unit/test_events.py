@@ -14,9 +14,10 @@ from shared.events import EVENT_TYPES, CampaignEvent, Envelope, EventData, Unkno
 def test_an_envelope_survives_bytes_with_its_typed_data_and_utc_times():
     madrid = timezone(timedelta(hours=1))
     sent = Envelope.wrap(
-        CampaignEvent(campaign_id="spring", channel="cpc", event="spend",
-                      cost={"amount": "12.50", "currency": "EUR"}),
-        source="test", key="spring", occurred_at=datetime(2026, 3, 1, 10, 0, tzinfo=madrid),
+        CampaignEvent(campaign_id="spring", channel="cpc", event="spend", cost={"amount": "12.50", "currency": "EUR"}),
+        source="test",
+        key="spring",
+        occurred_at=datetime(2026, 3, 1, 10, 0, tzinfo=madrid),
     )
     received = Envelope.from_bytes(sent.to_bytes())
     assert received == sent
@@ -26,8 +27,9 @@ def test_an_envelope_survives_bytes_with_its_typed_data_and_utc_times():
 
 
 def test_unknown_types_naive_times_and_bad_data_are_refused():
-    good = Envelope.wrap(CampaignEvent(campaign_id="c", channel="cpc", event="click"),
-                         source="t", key="c", occurred_at=datetime.now(UTC))
+    good = Envelope.wrap(
+        CampaignEvent(campaign_id="c", channel="cpc", event="click"), source="t", key="c", occurred_at=datetime.now(UTC)
+    )
     raw = good.model_dump(mode="json")
     with pytest.raises(UnknownEventType):
         Envelope.from_bytes(Envelope.model_validate(raw | {"type": "no.such"}).model_dump_json())
@@ -47,9 +49,16 @@ def test_an_old_version_is_upcast_before_its_handler_sees_it(monkeypatch):
     monkeypatch.setattr(events, "UPCASTERS", {})
     events.register_upcaster("test.renamed", 1)(lambda d: {"campaign_id": d["campaign"]})
 
-    old = Envelope(event_id=uuid.uuid4(), type="test.renamed", version=1, source="old-service",
-                   occurred_at=datetime.now(UTC), recorded_at=datetime.now(UTC), key="k",
-                   data={"campaign": "spring"})
+    old = Envelope(
+        event_id=uuid.uuid4(),
+        type="test.renamed",
+        version=1,
+        source="old-service",
+        occurred_at=datetime.now(UTC),
+        recorded_at=datetime.now(UTC),
+        key="k",
+        data={"campaign": "spring"},
+    )
     decoded = Envelope.from_bytes(old.model_dump_json())
     assert decoded.version == 2
     assert decoded.data == Renamed(campaign_id="spring")

@@ -41,15 +41,26 @@ def errors_of(call) -> list[tuple[str, ...]]:
     return [(tuple(map(str, e["loc"])), e["type"]) for e in caught.value.errors()]
 
 
-@pytest.mark.parametrize("email", ["ana@example.com", "Ana.Lopez+news@Example.co.uk", "jörg@bücher.de",
-                                   " ana@example.com\n"])
+@pytest.mark.parametrize(
+    "email", ["ana@example.com", "Ana.Lopez+news@Example.co.uk", "jörg@bücher.de", " ana@example.com\n"]
+)
 def test_plausible_emails_are_valid(email):
     assert is_valid_email(email)
 
 
 @pytest.mark.parametrize(
-    "email", ["", "ana", "ana@", "@example.com", "ana@example", "ana@@example.com", "ana @example.com",
-              "a@b.", "x" * 250 + "@example.com"],
+    "email",
+    [
+        "",
+        "ana",
+        "ana@",
+        "@example.com",
+        "ana@example",
+        "ana@@example.com",
+        "ana @example.com",
+        "a@b.",
+        "x" * 250 + "@example.com",
+    ],
 )
 def test_implausible_emails_are_not(email):
     assert not is_valid_email(email)
@@ -89,9 +100,7 @@ def test_naive_and_future_timestamps_are_refused_but_small_clock_skew_is_not():
         (("occurred_at",), "timezone_aware")
     ]
     too_far = (NOW + timedelta(minutes=5, seconds=1)).isoformat()
-    assert errors_of(lambda: campaign(event="click", occurred_at=too_far)) == [
-        (("occurred_at",), "future_timestamp")
-    ]
+    assert errors_of(lambda: campaign(event="click", occurred_at=too_far)) == [(("occurred_at",), "future_timestamp")]
     assert campaign(event="click", occurred_at=(NOW + timedelta(minutes=4)).isoformat())
 
 
@@ -119,8 +128,7 @@ def test_spend_needs_a_cost_in_the_configured_currency_with_at_most_two_decimals
 
 def test_a_json_number_amount_is_read_exactly_not_as_a_float():
     spend = CampaignEventInput.model_validate_json(
-        '{"campaign_id": "c", "channel": "cpc", "event": "spend",'
-        ' "cost": {"amount": 0.1, "currency": "EUR"}}',
+        '{"campaign_id": "c", "channel": "cpc", "event": "spend", "cost": {"amount": 0.1, "currency": "EUR"}}',
         context=CTX,
     )
     assert spend.cost is not None and spend.cost.amount == Decimal("0.1")
@@ -147,13 +155,20 @@ def test_unknown_fields_and_too_many_custom_fields_are_refused():
 
 
 def test_batch_errors_are_grouped_by_item_with_paths_inside_the_item():
-    raw = {"batch": [
-        {"type": "form_submission", "form_id": "demo", "email": "ana@example.com"},
-        {"type": "campaign_event", "campaign_id": "c", "channel": "cpc", "event": "click",
-         "cost": {"amount": "1", "currency": "EUR"}},
-        {"form_id": "demo"},
-        {"type": "form_submission", "form_id": "", "email": "nope", "utm": {"source": 1}},
-    ]}
+    raw = {
+        "batch": [
+            {"type": "form_submission", "form_id": "demo", "email": "ana@example.com"},
+            {
+                "type": "campaign_event",
+                "campaign_id": "c",
+                "channel": "cpc",
+                "event": "click",
+                "cost": {"amount": "1", "currency": "EUR"},
+            },
+            {"form_id": "demo"},
+            {"type": "form_submission", "form_id": "", "email": "nope", "utm": {"source": 1}},
+        ]
+    }
     with pytest.raises(ValidationError) as caught:
         BatchInput.model_validate(raw, context=CTX)
     items, rest = item_errors(caught.value.errors())
@@ -176,11 +191,20 @@ def test_batch_size_is_one_to_five_hundred():
 
 
 def test_an_html_form_maps_to_the_json_shape():
-    body, redirect = form_to_input([
-        ("form_id", "demo"), ("email", "ana@example.com"), ("name", ""), ("utm_source", "google"),
-        ("utm_campaign", "spring"), ("budget", "10k"), ("interest", "crm"), ("interest", "ads"),
-        ("redirect", "https://example.com/thanks"), ("key", "leaked?"),
-    ])
+    body, redirect = form_to_input(
+        [
+            ("form_id", "demo"),
+            ("email", "ana@example.com"),
+            ("name", ""),
+            ("utm_source", "google"),
+            ("utm_campaign", "spring"),
+            ("budget", "10k"),
+            ("interest", "crm"),
+            ("interest", "ads"),
+            ("redirect", "https://example.com/thanks"),
+            ("key", "leaked?"),
+        ]
+    )
     assert body == {
         "form_id": "demo",
         "email": "ana@example.com",

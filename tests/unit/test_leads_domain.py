@@ -37,8 +37,11 @@ def sub(minutes: int = 0, *, form_id: str = "contact", utm: Utm | None = None, *
 # --- lifecycle -------------------------------------------------------------------------
 
 ALLOWED = {
-    ("lead", "mql"), ("lead", "sql"), ("lead", "disqualified"),
-    ("mql", "sql"), ("mql", "disqualified"),
+    ("lead", "mql"),
+    ("lead", "sql"),
+    ("lead", "disqualified"),
+    ("mql", "sql"),
+    ("mql", "disqualified"),
     ("disqualified", "lead"),
 }
 
@@ -48,9 +51,7 @@ def test_allowed_moves(move):
     check_move(*move)
 
 
-@pytest.mark.parametrize(
-    "move", sorted(set(itertools.product(STAGES, STAGES)) - ALLOWED)
-)
+@pytest.mark.parametrize("move", sorted(set(itertools.product(STAGES, STAGES)) - ALLOWED))
 def test_every_other_move_is_refused(move):
     with pytest.raises(MoveRefused):
         check_move(*move)
@@ -105,7 +106,11 @@ def test_promotion_only_with_a_threshold_and_only_from_lead():
 def test_touch_takes_campaign_from_utm_campaign_and_channel_from_utm_medium():
     touch = sub(utm=Utm(source="google", medium="cpc", campaign="spring", term="crm", content="ad1")).touch
     assert (touch.campaign_id, touch.channel, touch.source, touch.term, touch.content) == (
-        "spring", "cpc", "google", "crm", "ad1",
+        "spring",
+        "cpc",
+        "google",
+        "crm",
+        "ad1",
     )
     assert touch.form_id == "contact"
     unattributed = sub().touch

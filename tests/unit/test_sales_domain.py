@@ -114,9 +114,7 @@ def test_money_is_exact_cents():
 
 
 def test_probabilities_of_open_and_closed_stages():
-    assert [
-        probability(s, DEFAULT_STAGE_PROBABILITIES) for s in ("qualification", "proposal", "negotiation")
-    ] == [
+    assert [probability(s, DEFAULT_STAGE_PROBABILITIES) for s in ("qualification", "proposal", "negotiation")] == [
         0.2,
         0.5,
         0.8,
@@ -126,9 +124,7 @@ def test_probabilities_of_open_and_closed_stages():
 
 
 def test_stage_probabilities_are_configurable_from_json(monkeypatch):
-    monkeypatch.setenv(
-        "EMBUDO_STAGE_PROBABILITIES", '{"qualification": 0.1, "proposal": 0.4, "negotiation": 0.9}'
-    )
+    monkeypatch.setenv("EMBUDO_STAGE_PROBABILITIES", '{"qualification": 0.1, "proposal": 0.4, "negotiation": 0.9}')
     assert SalesSettings().stage_probabilities == {"qualification": 0.1, "proposal": 0.4, "negotiation": 0.9}
 
 
