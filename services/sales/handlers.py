@@ -53,27 +53,16 @@ async def open_deal(
     return deal
 
 
-async def on_lead_created(event: Envelope, uow: UnitOfWork) -> None:
-    data: LeadCreated = event.data
+async def on_lead_profile(event: Envelope, uow: UnitOfWork) -> None:
+    """lead.created and lead.touched: both carry the lead's current email, created_at and attribution."""
+    data: LeadCreated | LeadTouched = event.data
     await store.upsert_lead(
         uow.conn,
         lead_id=data.lead_id,
         email=data.email,
         created_at=data.created_at,
         attribution=data.attribution,
-        stage=None,  # a stage_changed already applied is newer
-    )
-
-
-async def on_lead_touched(event: Envelope, uow: UnitOfWork) -> None:
-    data: LeadTouched = event.data
-    await store.upsert_lead(
-        uow.conn,
-        lead_id=data.lead_id,
-        email=data.email,
-        created_at=data.created_at,
-        attribution=data.attribution,
-        stage=None,
+        stage=None,  # the stage comes only from lead.stage_changed, which may already be applied
     )
 
 
@@ -104,7 +93,7 @@ def build_handlers(currency: str) -> dict:
         await on_lead_stage_changed(event, uow, currency=currency)
 
     return {
-        "lead.created": on_lead_created,
-        "lead.touched": on_lead_touched,
+        "lead.created": on_lead_profile,
+        "lead.touched": on_lead_profile,
         "lead.stage_changed": handle_stage_changed,
     }

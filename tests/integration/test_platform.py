@@ -116,30 +116,26 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool,
 
     calls: list[uuid.UUID] = []
     group = f"test-{uuid.uuid4().hex[:8]}"
-    consumer = EventConsumer(
-        group=group,
-        topics=[topic],
-        handlers={"form_submission": record_effect(calls)},
-        pool=pool,
-        producer=producer,
-        bootstrap_servers=topics,
-        topic_prefix=topic_prefix,
-    )
+
+    def recording_consumer(group: str) -> EventConsumer:
+        return EventConsumer(
+            group=group,
+            topics=[topic],
+            handlers={"form_submission": record_effect(calls)},
+            pool=pool,
+            producer=producer,
+            bootstrap_servers=topics,
+            topic_prefix=topic_prefix,
+        )
+
+    consumer = recording_consumer(group)
 
     async def two_effects() -> bool:
         return await pool.fetchval("SELECT count(*) FROM effects") >= 2
 
     await run_consumer_until(consumer, two_effects)
     # Replay from the beginning with a new group: everything is recognised as processed.
-    replay = EventConsumer(
-        group=f"{group}-replay",
-        topics=[topic],
-        handlers={"form_submission": record_effect(calls)},
-        pool=pool,
-        producer=producer,
-        bootstrap_servers=topics,
-        topic_prefix=topic_prefix,
-    )
+    replay = recording_consumer(f"{group}-replay")
 
     async def all_seen() -> bool:
         return await pool.fetchval("SELECT count(*) FROM processed_events") == 2 and len(calls) >= 2
