@@ -5,7 +5,9 @@ Side by side, in one run, against the local broker and database:
   b) ingest single-event POSTs/s, load from wrk in a separate process;
   c) ingest events/s in batches of 100 (acks=all), from wrk;
   d) ingest -> KPI-visible latency (p50/p95/p99) at a steady 500 events/s;
-  e) the metrics projector's events/s on a backlog, next to a raw aiokafka consumer.
+  e) the metrics projector's events/s on a backlog, next to a raw aiokafka consumer;
+  f) the leads consumer's submissions/s on a backlog: many visitors, and one visitor who
+     submits thousands of times (the cost of a submission must not grow with its lead's touches).
 Services run as separate processes, in their own topic namespace and databases.
 """
 
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -31,15 +33,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.consumer import EventConsumer
 from shared.db import apply_migrations, create_pool
-from shared.events import CampaignEvent, Envelope
+from shared.events import CampaignEvent, Envelope, FormSubmission
 from shared.kafka import EventProducer
-from shared.topics import CAMPAIGN_EVENTS, Topic, ensure_topics
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic, ensure_topics
 from tests.e2e.stack import API_TOKEN, WRITE_KEY, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("DATABASE_URL", "postgresql://embudo:embudo@127.0.0.1:5432/postgres")
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 TARGETS = {"b": 3_000, "c": 20_000, "d_p99_ms": 1_000, "e": 10_000}
+FORMS = ("newsletter", "demo-request", "pricing", "webinar")
 
 
 def campaign_envelope(campaign_id: str = "bench") -> Envelope:
@@ -49,6 +52,20 @@ def campaign_envelope(campaign_id: str = "bench") -> Envelope:
         key=campaign_id,
         occurred_at=datetime.now(UTC),
     )
+
+
+def submission_envelope(email: str, n: int) -> Envelope:
+    # Event times run backwards now and then, so late (older) submissions are part of the load.
+    occurred_at = datetime.now(UTC) - timedelta(minutes=(n * 7919) % 10_000)
+    form = FormSubmission(
+        form_id=FORMS[n % len(FORMS)],
+        email=email,
+        name=f"Visitor {n % 97}",
+        company="Acme" if n % 3 else None,
+        utm={"source": "google", "medium": "cpc", "campaign": f"c{n % 20}"},
+        fields={"plan": ("basic", "pro")[n % 2]},
+    )
+    return Envelope.wrap(form, source="bench", key=email, occurred_at=occurred_at)
 
 
 async def new_database(name_hint: str) -> str:
@@ -208,17 +225,16 @@ async def raw_consumer(prefix: str, count: int) -> float:
         await consumer.stop()
 
 
-async def projector(prefix: str, count: int, dsn: str) -> float:
-    import services.metrics.main
-    from services.metrics.handlers import HANDLERS
-
+async def consume_backlog(prefix: str, topic: Topic, handlers: dict, migrations: Path, count: int, dsn: str) -> float:
+    """Events/s of one service's consumer (the shared runtime and its handlers) over a backlog
+    already on `topic`, from its first applied event until `count` are processed."""
     pool = await create_pool(dsn, max_size=4)
-    await apply_migrations(pool, Path(services.metrics.main.__file__).parent / "migrations")
+    await apply_migrations(pool, migrations)
     producer = EventProducer(BOOTSTRAP, client_id="bench", topic_prefix=prefix)
     consumer = EventConsumer(
-        group=f"bench-metrics-{uuid.uuid4().hex[:6]}",
-        topics=[CAMPAIGN_EVENTS],
-        handlers=HANDLERS,
+        group=f"bench-{topic.name}-{uuid.uuid4().hex[:6]}",
+        topics=[topic],
+        handlers=handlers,
         pool=pool,
         producer=producer,
         bootstrap_servers=BOOTSTRAP,
@@ -237,6 +253,40 @@ async def projector(prefix: str, count: int, dsn: str) -> float:
         await asyncio.wait_for(task, 15)
         await producer.stop()
         await pool.close()
+
+
+async def projector(prefix: str, count: int, dsn: str) -> float:
+    import services.metrics.main
+    from services.metrics.handlers import HANDLERS
+
+    migrations = Path(services.metrics.main.__file__).parent / "migrations"
+    return await consume_backlog(prefix, CAMPAIGN_EVENTS, HANDLERS, migrations, count, dsn)
+
+
+async def leads_consumer(emails: list[str], per_email: int) -> float:
+    """Submissions/s of the leads consumer over a backlog of `per_email` submissions from
+    each of `emails`, interleaved, in a topic namespace and database of its own."""
+    import services.leads.main
+    from services.leads.handlers import build_handlers
+    from services.leads.settings import LeadsSettings, load_scoring_rules
+
+    prefix = f"leadsbench{uuid.uuid4().hex[:6]}."
+    await ensure_topics(BOOTSTRAP, (FORM_SUBMISSIONS,), prefix=prefix)
+    envelopes = [submission_envelope(email, n) for n in range(per_email) for email in emails]
+    producer = EventProducer(BOOTSTRAP, client_id="bench", topic_prefix=prefix)
+    await producer.start()
+    for start in range(0, len(envelopes), 5000):
+        await producer.publish_many(FORM_SUBMISSIONS, envelopes[start : start + 5000])
+    await producer.stop()
+    rules = load_scoring_rules(LeadsSettings().scoring_config)
+    migrations = Path(services.leads.main.__file__).parent / "migrations"
+    dsn = await new_database("leads_consumer")
+    try:
+        return await consume_backlog(
+            prefix, FORM_SUBMISSIONS, build_handlers(rules, None), migrations, len(envelopes), dsn
+        )
+    finally:
+        await drop_databases([dsn])
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -315,6 +365,11 @@ async def main(args: argparse.Namespace) -> None:
     projector_db = await new_database("projector")
     results["e"] = await projector(backlog_prefix, args.backlog, projector_db)
     await drop_databases([*dsns.values(), projector_db])
+
+    print("(f) leads consumer ...", file=sys.stderr)
+    visitors = [f"visitor{i}@example.com" for i in range(args.leads_backlog // 5)]
+    results["f"] = await leads_consumer(visitors, 5)
+    results["f_one"] = await leads_consumer(["frequent@example.com"], args.leads_backlog // 4)
     write_report(results, args)
 
 
@@ -335,6 +390,8 @@ Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: {mac
 | d | ingest → KPI visible at 500 events/s ({d["probes"]} probes, {d["failed"]} failed posts) | p50 {d[50]:.0f} ms, p95 {d[95]:.0f} ms, p99 {d[99]:.0f} ms | p99 ≤ 1,000 ms | {mark(d[99] <= TARGETS["d_p99_ms"])} |
 | e | metrics projector on a backlog of {args.backlog:,} events | {r["e"]:,.0f} events/s | ≥ 10,000 | {mark(r["e"] >= TARGETS["e"])} |
 | e′ | raw aiokafka consumer (parse only) on the same backlog | {r["e_raw"]:,.0f} events/s | baseline | |
+| f | leads consumer on a backlog of {args.leads_backlog:,} form submissions, 5 from each of {args.leads_backlog // 5:,} visitors | {r["f"]:,.0f} submissions/s | — | |
+| f′ | leads consumer on {args.leads_backlog // 4:,} submissions from one visitor (cost must not grow with a lead's touches) | {r["f_one"]:,.0f} submissions/s | — | |
 
 Ratios: b/a = {r["b"] / r["a"]:.3f}, c/a = {r["c"] / r["a"]:.3f}, e/e′ = {r["e"] / r["e_raw"]:.3f}.
 
@@ -354,4 +411,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--producer-messages", type=int, default=200_000)
     parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--leads-backlog", type=int, default=20_000)
     asyncio.run(main(parser.parse_args()))

@@ -72,8 +72,13 @@ class LeadOut(BaseModel):
     updated_at: datetime
 
 
+# A lead's detail shows its newest touches only: a form a bot posts to thousands of times
+# must not make one lead's page megabytes long (touch_count says how many there are).
+TOUCHES_SHOWN = 100
+
+
 class LeadDetail(LeadOut):
-    touches: list[Touch]  # oldest first
+    touches: list[Touch]  # the TOUCHES_SHOWN most recent, oldest first
     stage_history: list[StageEntry]  # oldest first
 
 
@@ -99,7 +104,11 @@ def lead_out(row: asyncpg.Record) -> LeadOut:
 
 async def lead_detail(conn: asyncpg.Connection, row: asyncpg.Record) -> LeadDetail:
     history = [StageEntry(**dict(r)) for r in await store.stage_history(conn, row["id"])]
-    return LeadDetail(**lead_out(row).model_dump(), touches=await store.touches(conn, row["id"]), stage_history=history)
+    return LeadDetail(
+        **lead_out(row).model_dump(),
+        touches=await store.latest_touches(conn, row["id"], TOUCHES_SHOWN),
+        stage_history=history,
+    )
 
 
 def invalid(field: str, message: str) -> Problem:

@@ -1,8 +1,9 @@
 """Lead rules: identity facts, attribution, scoring and the stage lifecycle. No I/O.
 
-Everything derived from submissions (created_at, profile, score, first and last touch) is
-recomputed from the full set of a lead's submissions, in occurred_at order, so the
-result does not depend on the order in which Kafka delivered them.
+Everything derived from submissions (created_at, profile, score, first and last touch)
+comes from a LeadSummary: a merge of the lead's submissions in which every part is an
+earliest, a newest, a union or a count. So the result does not depend on the order in
+which Kafka delivered them, and a new submission costs the same however many came before.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from shared.events import Attribution, FormSubmission, LeadStage, Touch
+from shared.events import Attribution, FormSubmission, LeadStage, Touch, UtcDatetime
 
 # --- submissions, profile, attribution -------------------------------------------------
 
@@ -67,9 +68,9 @@ def submission_from(event_id: uuid.UUID, form: FormSubmission, occurred_at: date
     )
 
 
-def chronological(submissions: list[Submission]) -> list[Submission]:
+def recency(occurred_at: datetime, event_id: uuid.UUID) -> tuple[datetime, str]:
     # event_id breaks ties between equal timestamps the same way whatever the arrival order.
-    return sorted(submissions, key=lambda s: (s.occurred_at, str(s.event_id)))
+    return (occurred_at, str(event_id))
 
 
 @dataclass(frozen=True)
@@ -84,20 +85,96 @@ class Profile:
         return {c for c in PROFILE_COLUMNS if getattr(self, c)} | set(self.fields)
 
 
-def build_profile(submissions: list[Submission]) -> Profile:
-    """The newest non-blank answer wins, item by item (custom fields key by key)."""
-    values: dict[str, str | None] = dict.fromkeys(PROFILE_COLUMNS)
-    fields: dict[str, str] = {}
-    for sub in chronological(submissions):
-        for column in PROFILE_COLUMNS:
-            values[column] = getattr(sub, column) or values[column]
-        fields.update(sub.fields)
-    return Profile(**values, fields=fields)
+class Answer(BaseModel):
+    """A profile answer and the submission it came from (newer answers win)."""
+
+    model_config = ConfigDict(frozen=True)
+    value: str
+    occurred_at: UtcDatetime
+    event_id: uuid.UUID
+
+    def newer_than(self, other: Answer) -> bool:
+        return recency(self.occurred_at, self.event_id) > recency(other.occurred_at, other.event_id)
 
 
-def attribution(submissions: list[Submission]) -> Attribution:
-    ordered = chronological(submissions)
-    return Attribution(first_touch=ordered[0].touch, last_touch=ordered[-1].touch)
+def _newest(ours: dict[str, Answer], theirs: dict[str, Answer]) -> dict[str, Answer]:
+    merged = dict(ours)
+    for item, answer in theirs.items():
+        if item not in merged or answer.newer_than(merged[item]):
+            merged[item] = answer
+    return merged
+
+
+class LeadSummary(BaseModel):
+    """What a lead's submissions add up to, stored with the lead (leads.summary).
+
+    merge() is commutative and associative (earliest / newest by recency, set union,
+    sum), so any arrival order of the same submissions gives the same summary."""
+
+    model_config = ConfigDict(frozen=True)
+    first_touch: Touch
+    first_event_id: uuid.UUID
+    last_touch: Touch
+    last_event_id: uuid.UUID
+    answers: dict[str, Answer] = Field(default_factory=dict)  # name, company, phone: newest non-blank
+    fields: dict[str, Answer] = Field(default_factory=dict)  # custom form fields, key by key
+    forms: frozenset[str] = frozenset()  # distinct form_ids submitted
+    touch_count: NonNegativeInt = 1
+
+    @classmethod
+    def of(cls, sub: Submission) -> LeadSummary:
+        def answer(value: str) -> Answer:
+            return Answer(value=value, occurred_at=sub.occurred_at, event_id=sub.event_id)
+
+        return cls(
+            first_touch=sub.touch,
+            first_event_id=sub.event_id,
+            last_touch=sub.touch,
+            last_event_id=sub.event_id,
+            answers={c: answer(v) for c in PROFILE_COLUMNS if (v := getattr(sub, c))},
+            fields={key: answer(value) for key, value in sub.fields.items()},
+            forms=frozenset({sub.touch.form_id} if sub.touch.form_id else ()),
+        )
+
+    def merge(self, other: LeadSummary) -> LeadSummary:
+        ours_first = recency(self.first_touch.occurred_at, self.first_event_id)
+        ours_last = recency(self.last_touch.occurred_at, self.last_event_id)
+        first = self if ours_first <= recency(other.first_touch.occurred_at, other.first_event_id) else other
+        last = self if ours_last >= recency(other.last_touch.occurred_at, other.last_event_id) else other
+        return LeadSummary(
+            first_touch=first.first_touch,
+            first_event_id=first.first_event_id,
+            last_touch=last.last_touch,
+            last_event_id=last.last_event_id,
+            answers=_newest(self.answers, other.answers),
+            fields=_newest(self.fields, other.fields),
+            forms=self.forms | other.forms,
+            touch_count=self.touch_count + other.touch_count,
+        )
+
+    def add(self, sub: Submission) -> LeadSummary:
+        return self.merge(LeadSummary.of(sub))
+
+    @property
+    def profile(self) -> Profile:
+        return Profile(
+            **{c: a.value for c, a in self.answers.items()},
+            fields={key: a.value for key, a in sorted(self.fields.items())},
+        )
+
+    @property
+    def attribution(self) -> Attribution:
+        return Attribution(first_touch=self.first_touch, last_touch=self.last_touch)
+
+
+def summarise(submissions: list[Submission]) -> LeadSummary:
+    if not submissions:
+        raise ValueError("a lead has at least one submission")
+    summaries = [LeadSummary.of(sub) for sub in submissions]
+    summary = summaries[0]
+    for other in summaries[1:]:
+        summary = summary.merge(other)
+    return summary
 
 
 # --- scoring ---------------------------------------------------------------------------
@@ -125,39 +202,43 @@ class ScoringRules(BaseModel):
     repeat_touches: RepeatTouchPoints = Field(default_factory=RepeatTouchPoints)
 
 
-def score(submissions: list[Submission], rules: ScoringRules) -> int:
+def score(summary: LeadSummary, rules: ScoringRules) -> int:
     """Points for each distinct form submitted, for each answered profile item, and for
     every touch after the first (capped)."""
-    forms = {s.touch.form_id for s in submissions if s.touch.form_id}
-    form_points = sum(rules.forms.points.get(form, rules.forms.other) for form in forms)
-    answered = build_profile(submissions).filled()
+    form_points = sum(rules.forms.points.get(form, rules.forms.other) for form in summary.forms)
+    answered = summary.profile.filled()
     profile_points = sum(points for item, points in rules.profile.items() if item in answered)
-    repeats = max(len(submissions) - 1, 0)
+    repeats = max(summary.touch_count - 1, 0)
     repeat_points = min(repeats * rules.repeat_touches.each, rules.repeat_touches.max)
     return form_points + profile_points + repeat_points
 
 
 @dataclass(frozen=True)
 class LeadFacts:
-    """What a lead's submissions say about it."""
+    """What a lead's submissions say about it, under the current scoring rules."""
 
-    created_at: datetime
-    profile: Profile
+    summary: LeadSummary
     score: int
-    attribution: Attribution
-    touch_count: int
+
+    @property
+    def created_at(self) -> datetime:
+        return self.summary.first_touch.occurred_at
+
+    @property
+    def profile(self) -> Profile:
+        return self.summary.profile
+
+    @property
+    def attribution(self) -> Attribution:
+        return self.summary.attribution
+
+    @property
+    def touch_count(self) -> int:
+        return self.summary.touch_count
 
 
-def lead_facts(submissions: list[Submission], rules: ScoringRules) -> LeadFacts:
-    if not submissions:
-        raise ValueError("a lead has at least one submission")
-    return LeadFacts(
-        created_at=chronological(submissions)[0].occurred_at,
-        profile=build_profile(submissions),
-        score=score(submissions, rules),
-        attribution=attribution(submissions),
-        touch_count=len(submissions),
-    )
+def lead_facts(summary: LeadSummary, rules: ScoringRules) -> LeadFacts:
+    return LeadFacts(summary=summary, score=score(summary, rules))
 
 
 # --- lifecycle -------------------------------------------------------------------------

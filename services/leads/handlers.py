@@ -25,10 +25,12 @@ from shared.uow import UnitOfWork
 from . import store
 from .domain import (
     THRESHOLD_REASON,
+    LeadSummary,
     ScoringRules,
     lead_facts,
     promotes_to_mql,
     submission_from,
+    summarise,
 )
 
 SOURCE = "leads"
@@ -84,7 +86,13 @@ async def record_submission(
         lead = created or await store.lock_lead_by_email(conn, email)
     lead_id = lead["id"]
     await store.add_touch(conn, lead_id, submission)
-    facts = lead_facts(await store.lead_submissions(conn, lead_id), rules)
+    if created is not None:
+        summary = LeadSummary.of(submission)
+    elif lead["summary"] is not None:
+        summary = LeadSummary.model_validate(lead["summary"]).add(submission)
+    else:  # a lead from before summaries were stored (migration 002): rebuilt once from its touches
+        summary = summarise(await store.lead_submissions(conn, lead_id))
+    facts = lead_facts(summary, rules)
     lead = await store.save_facts(conn, lead_id, facts)
 
     if created is not None:

@@ -93,12 +93,15 @@ async def lead_submissions(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list
     ]
 
 
-async def touches(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[Touch]:
+async def latest_touches(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: int) -> list[Touch]:
+    """The lead's `limit` most recent touches, oldest first."""
     rows = await conn.fetch(
-        f"SELECT {TOUCH_COLUMNS} FROM touches WHERE lead_id = $1 ORDER BY occurred_at, event_id::text",
+        f"""SELECT {TOUCH_COLUMNS} FROM touches WHERE lead_id = $1
+            ORDER BY occurred_at DESC, event_id::text DESC LIMIT $2""",
         lead_id,
+        limit,
     )
-    return [_touch(r) for r in rows]
+    return [_touch(r) for r in reversed(rows)]
 
 
 async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFacts) -> asyncpg.Record:
@@ -106,7 +109,8 @@ async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFa
     return await conn.fetchrow(
         """WITH lead AS (
                UPDATE leads SET created_at = $2, name = $3, company = $4, phone = $5, fields = $6,
-                      score = $7, first_touch = $8, last_touch = $9, touch_count = $10, updated_at = now()
+                      score = $7, first_touch = $8, last_touch = $9, touch_count = $10, summary = $11,
+                      updated_at = now()
                WHERE id = $1
                RETURNING *
            ), creation AS (
@@ -124,6 +128,7 @@ async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFa
         facts.attribution.first_touch.model_dump(mode="json"),
         facts.attribution.last_touch.model_dump(mode="json"),
         facts.touch_count,
+        facts.summary.model_dump(mode="json"),
     )
 
 

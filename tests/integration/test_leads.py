@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.leads import store
+from services.leads.api import TOUCHES_SHOWN
 from services.leads.handlers import change_stage, record_submission
 from services.leads.main import build_app
 from services.leads.settings import LeadsSettings, load_scoring_rules
@@ -239,6 +240,37 @@ async def test_an_older_submission_arriving_late_moves_created_at_and_the_first_
     assert detail["profile"]["name"] == "Di New"
     assert detail["profile"]["company"] == "Acme"
     assert parse(detail["stage_history"][0]["occurred_at"]) == older.occurred_at
+
+
+async def test_a_lead_stored_before_summaries_is_rebuilt_from_its_touches(leads, producer, lead_events):
+    # Leads written before migration 002 have no summary: their next submission rebuilds it.
+    await publish(producer, submission("ed@example.com", 30, campaign="autumn", medium="cpc", name="Ed"))
+    await publish(producer, submission("ed@example.com", 60, form_id="demo-request", fields={"size": "10"}))
+    lead = await leads.wait_for("ed@example.com", touches=2)
+    async with leads.app.state.pool.acquire() as conn:
+        await conn.execute("UPDATE leads SET summary = NULL WHERE id = $1", uuid.UUID(lead["lead_id"]))
+
+    older = submission("ed@example.com", 0, campaign="launch", medium="email", company="Acme")
+    await publish(producer, older)
+    lead = await leads.wait_for("ed@example.com", touches=3)
+    assert parse(lead["created_at"]) == older.occurred_at
+    assert (lead["first_touch"]["campaign_id"], lead["last_touch"]["campaign_id"]) == ("launch", None)
+    assert lead["profile"] == {"name": "Ed", "company": "Acme", "phone": None, "fields": {"size": "10"}}
+    assert lead["score"] == 5 + 30 + 5 + 10 + 10  # newsletter, demo-request, name, company, 2 repeats (max 10)
+    async with leads.app.state.pool.acquire() as conn:
+        summary = await conn.fetchval("SELECT summary FROM leads WHERE id = $1", uuid.UUID(lead["lead_id"]))
+    assert summary["touch_count"] == 3 and sorted(summary["forms"]) == ["demo-request", "newsletter"]
+
+
+async def test_the_detail_shows_the_newest_touches_and_counts_them_all(leads, producer):
+    many = [submission("fa@example.com", minute, campaign=f"c{minute}") for minute in range(TOUCHES_SHOWN + 5)]
+    await publish(producer, *reversed(many))  # newest first: every later one is an older touch
+    lead = await leads.wait_for("fa@example.com", touches=len(many))
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["touch_count"] == len(many)
+    assert [t["campaign_id"] for t in detail["touches"]] == [f"c{minute}" for minute in range(5, len(many))]
+    assert (detail["first_touch"]["campaign_id"], detail["last_touch"]["campaign_id"]) == ("c0", f"c{len(many) - 1}")
+    assert parse(detail["created_at"]) == many[0].occurred_at
 
 
 async def test_first_and_last_touch_and_the_campaign_and_channel_filters(leads, producer, lead_events):

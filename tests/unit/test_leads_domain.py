@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.leads.domain import (
     STAGES,
     InvalidStageTime,
+    LeadSummary,
     MoveRefused,
     ScoringRules,
     Submission,
@@ -19,9 +23,10 @@ from services.leads.domain import (
     check_stage_time,
     lead_facts,
     promotes_to_mql,
-    score,
     submission_from,
+    summarise,
 )
+from services.leads.domain import score as score_summary
 from services.leads.main import build_app
 from services.leads.settings import DEFAULT_SCORING_CONFIG, LeadsSettings, load_scoring_rules
 from shared.events import FormSubmission, Utm
@@ -122,7 +127,7 @@ def test_facts_follow_occurred_at_whatever_the_arrival_order():
     middle = sub(30, utm=Utm(campaign="middle", medium="cpc"), company="Acme")
     late = sub(60, utm=Utm(campaign="last", medium="social"), name="Ana Pérez")
     rules = ScoringRules()
-    results = [lead_facts(list(order), rules) for order in itertools.permutations([early, middle, late])]
+    results = [lead_facts(summarise(list(order)), rules) for order in itertools.permutations([early, middle, late])]
     facts = results[0]
     assert all(other == facts for other in results)
     assert facts.created_at == T0
@@ -132,10 +137,53 @@ def test_facts_follow_occurred_at_whatever_the_arrival_order():
     assert facts.touch_count == 3
 
 
+submissions = st.builds(
+    lambda minutes, form_id, name, company, field_values: sub(
+        minutes, form_id=form_id, name=name, company=company, fields=field_values
+    ),
+    st.integers(0, 5),  # few distinct times, so equal timestamps (ties) are common
+    st.sampled_from(["contact", "newsletter", "demo-request"]),
+    st.sampled_from([None, "", "Ana", "Ana Pérez"]),
+    st.sampled_from([None, "Acme", " "]),
+    st.dictionaries(st.sampled_from(["size", "job_title"]), st.sampled_from(["", "10", "CTO"]), max_size=2),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(submissions, min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_summary_equals_a_recount_in_occurred_at_order_whatever_the_arrival_order(subs, random):
+    # The reference: read every submission oldest first, newer non-blank answers overwrite.
+    ordered = sorted(subs, key=lambda s: (s.occurred_at, str(s.event_id)))
+    name = company = None
+    fields: dict[str, str] = {}
+    for s in ordered:
+        name, company = s.name or name, s.company or company
+        fields.update(s.fields)
+
+    shuffled = random.sample(subs, len(subs))
+    one_by_one = LeadSummary.of(shuffled[0])
+    for s in shuffled[1:]:
+        one_by_one = one_by_one.add(s)
+    split = random.randint(1, len(subs))
+    halves = summarise(shuffled[:split]).merge(summarise(shuffled[split:])) if split < len(subs) else one_by_one
+
+    for summary in (one_by_one, halves):
+        assert summary == summarise(subs)
+        assert summary.first_touch == ordered[0].touch and summary.last_touch == ordered[-1].touch
+        assert (summary.profile.name, summary.profile.company, summary.profile.fields) == (name, company, fields)
+        assert summary.forms == {s.touch.form_id for s in subs}
+        assert summary.touch_count == len(subs)
+
+
+def test_a_summary_survives_its_json_round_trip():
+    summary = summarise([sub(0, name="Ana", fields={"size": "10"}), sub(5, form_id="pricing", company="Acme")])
+    assert LeadSummary.model_validate(json.loads(json.dumps(summary.model_dump(mode="json")))) == summary
+
+
 def test_profile_newest_non_blank_answer_wins_item_by_item():
     older = sub(0, name="Ana", phone="+34 600", fields={"job_title": "CTO", "size": "10"})
     newer = sub(5, name="Ana Pérez", phone="  ", fields={"size": "50"})
-    profile = lead_facts([newer, older], ScoringRules()).profile
+    profile = lead_facts(summarise([newer, older]), ScoringRules()).profile
     assert profile.name == "Ana Pérez"
     assert profile.phone == "+34 600"  # a blank answer does not erase it
     assert profile.fields == {"job_title": "CTO", "size": "50"}
@@ -151,6 +199,10 @@ RULES = ScoringRules.model_validate(
         "repeat_touches": {"each": 4, "max": 10},
     }
 )
+
+
+def score(submissions: list[Submission], rules: ScoringRules) -> int:
+    return score_summary(summarise(submissions), rules)
 
 
 def test_score_adds_form_points_once_per_distinct_form():
