@@ -98,3 +98,17 @@ async def ensure_topics(
                 pass  # another service created it first
     finally:
         await admin.close()
+
+
+async def delete_topics(bootstrap_servers: str, prefix: str) -> None:
+    """Delete every topic of a namespace (a test's or a benchmark's), DLQs included."""
+    if not prefix:
+        raise ValueError("refusing to delete the topics of the default namespace")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="embudo-admin")
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.topics import ensure_topics
+from shared.topics import delete_topics, ensure_topics
 from tests.support import LOCAL, PrivateBroker, TopicReader
 
 
@@ -113,14 +112,7 @@ async def topic_prefix(kafka_bootstrap: str) -> AsyncIterator[str]:
     Its topics are deleted afterwards, so the broker doesn't accumulate thousands of them."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     yield prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    await delete_topics(kafka_bootstrap, prefix)
 
 
 @pytest.fixture
