@@ -74,6 +74,20 @@ def topic_for_event_type(event_type: str) -> Topic:
     raise KeyError(event_type)
 
 
+def topic_configs(replication_factor: int) -> dict[str, str]:
+    """Broker settings for a new topic.
+
+    retention.ms=-1: the topics are the funnel's history, kept for good. A projection can
+    then be rebuilt by replaying them, and a message parked on a DLQ never expires before
+    someone has looked at it (the broker's default would delete both after 7 days). Disk
+    grows with the events; an operator who wants a limit sets it on the topic.
+    min.insync.replicas: with replicas, an acks=all write is on at least two of them."""
+    configs = {"retention.ms": "-1"}
+    if replication_factor > 1:
+        configs["min.insync.replicas"] = "2"
+    return configs
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     topics: tuple[Topic, ...] = ALL_TOPICS,
@@ -87,7 +101,12 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name=prefix + t.name, num_partitions=t.partitions, replication_factor=replication_factor)
+            NewTopic(
+                name=prefix + t.name,
+                num_partitions=t.partitions,
+                replication_factor=replication_factor,
+                topic_configs=topic_configs(replication_factor),
+            )
             for t in topics
             if prefix + t.name not in existing
         ]

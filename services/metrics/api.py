@@ -18,7 +18,6 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator
 
 from services.metrics import store
 from services.metrics.domain import (
@@ -36,7 +35,7 @@ from services.metrics.domain import (
     resolve_period,
 )
 from shared.app import DbPool
-from shared.events import utcnow
+from shared.events import Text, utcnow
 from shared.http import Problem, require_api_token
 from shared.settings import DEV_API_TOKEN
 
@@ -48,16 +47,9 @@ From = Annotated[str | None, Query(alias="from", description="inclusive; RFC 333
 To = Annotated[str | None, Query(description="exclusive; RFC 3339 date or datetime")]
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")  # Postgres text cannot hold them
-    return value
-
-
-# Filters go to Postgres as text parameters: a NUL there would be a 500, not a 422.
-Filter = Annotated[str, AfterValidator(_no_nul)]
-CampaignId = Annotated[Filter | None, Query(max_length=200)]
-Channel = Annotated[Filter | None, Query(max_length=200)]
+# Filters go to Postgres as text parameters: Text refuses the NUL Postgres would fail on.
+CampaignId = Annotated[Text | None, Query(max_length=200)]
+Channel = Annotated[Text | None, Query(max_length=200)]
 Attribution = Annotated[AttributionModel, Query()]
 
 

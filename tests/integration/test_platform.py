@@ -8,13 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.consumer import EventConsumer
 from shared.db import apply_migrations, create_pool
 from shared.events import CampaignEvent, Envelope, FormSubmission, Utm
 from shared.kafka import EventProducer
 from shared.outbox import OutboxRelay
-from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic, dead_letter_topic, ensure_topics
+from shared.topics import ALL_TOPICS, CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic, dead_letter_topic, ensure_topics
 from shared.uow import UnitOfWork, unit_of_work
 
 pytestmark = pytest.mark.integration
@@ -232,3 +234,18 @@ async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool,
     assert [e.event_id for e in received] == [e.event_id for e in committed]
     assert len(extra) == 3
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+
+async def test_topics_keep_their_events_for_good(topics, topic_prefix):
+    # The broker's default would delete events (and parked DLQ messages) after 7 days.
+    await ensure_topics(topics, ALL_TOPICS, prefix=topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=topics)
+    await admin.start()
+    try:
+        names = [topic_prefix + t.name for t in ALL_TOPICS]
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": None}) for name in names]
+        [response] = await admin.describe_configs(resources)
+    finally:
+        await admin.close()
+    retention = {name: {c[0]: c[1] for c in configs}["retention.ms"] for _, _, _, name, configs in response.resources}
+    assert retention == dict.fromkeys(names, "-1")
