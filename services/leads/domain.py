@@ -97,11 +97,22 @@ class Answer(BaseModel):
         return recency(self.occurred_at, self.event_id) > recency(other.occurred_at, other.event_id)
 
 
-def _newest(ours: dict[str, Answer], theirs: dict[str, Answer]) -> dict[str, Answer]:
+# Custom form fields a lead keeps: the most recently answered keys. Each submission carries
+# at most 50, but a form (or a bot) sending new keys every time must not grow a lead forever.
+MAX_CUSTOM_FIELDS = 100
+
+
+def _newest(ours: dict[str, Answer], theirs: dict[str, Answer], keep: int | None = None) -> dict[str, Answer]:
+    """Per item, the newer answer; then, with `keep`, only the `keep` most recent items.
+    Keeping the top `keep` is still order-independent: an item dropped from one side had
+    `keep` newer items there, so it cannot be among the `keep` newest of the union."""
     merged = dict(ours)
     for item, answer in theirs.items():
         if item not in merged or answer.newer_than(merged[item]):
             merged[item] = answer
+    if keep is not None and len(merged) > keep:
+        newest = sorted(merged.items(), key=lambda kv: (recency(kv[1].occurred_at, kv[1].event_id), kv[0]))[-keep:]
+        merged = dict(newest)
     return merged
 
 
@@ -132,7 +143,7 @@ class LeadSummary(BaseModel):
             last_touch=sub.touch,
             last_event_id=sub.event_id,
             answers={c: answer(v) for c in PROFILE_COLUMNS if (v := getattr(sub, c))},
-            fields={key: answer(value) for key, value in sub.fields.items()},
+            fields=_newest({}, {key: answer(value) for key, value in sub.fields.items()}, keep=MAX_CUSTOM_FIELDS),
             forms=frozenset({sub.touch.form_id} if sub.touch.form_id else ()),
         )
 
@@ -147,7 +158,7 @@ class LeadSummary(BaseModel):
             last_touch=last.last_touch,
             last_event_id=last.last_event_id,
             answers=_newest(self.answers, other.answers),
-            fields=_newest(self.fields, other.fields),
+            fields=_newest(self.fields, other.fields, keep=MAX_CUSTOM_FIELDS),
             forms=self.forms | other.forms,
             touch_count=self.touch_count + other.touch_count,
         )

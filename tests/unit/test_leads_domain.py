@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.leads.domain import (
+    MAX_CUSTOM_FIELDS,
     STAGES,
     InvalidStageTime,
     LeadSummary,
@@ -173,6 +174,38 @@ def test_summary_equals_a_recount_in_occurred_at_order_whatever_the_arrival_orde
         assert (summary.profile.name, summary.profile.company, summary.profile.fields) == (name, company, fields)
         assert summary.forms == {s.touch.form_id for s in subs}
         assert summary.touch_count == len(subs)
+
+
+many_keys = st.builds(
+    lambda minutes, keys: sub(minutes, fields=dict.fromkeys(keys, "x")),
+    st.integers(0, 3),
+    st.lists(st.sampled_from([f"k{i}" for i in range(MAX_CUSTOM_FIELDS + 30)]), min_size=1, max_size=40),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(many_keys, min_size=1, max_size=10), st.randoms(use_true_random=False))
+def test_a_lead_keeps_its_most_recently_answered_custom_fields_whatever_the_arrival_order(subs, random):
+    # The reference: each key's newest answer, then the MAX_CUSTOM_FIELDS newest keys.
+    newest: dict[str, tuple] = {}
+    for s in subs:
+        for key in s.fields:
+            newest[key] = max(newest.get(key, ()), (s.occurred_at, str(s.event_id)))
+    kept = sorted(newest, key=lambda key: (newest[key], key))[-MAX_CUSTOM_FIELDS:]
+
+    shuffled = random.sample(subs, len(subs))
+    summary = LeadSummary.of(shuffled[0])
+    for s in shuffled[1:]:
+        summary = summary.add(s)
+    assert set(summary.fields) == set(kept)
+    assert summary == summarise(subs)
+
+
+def test_custom_fields_beyond_the_limit_drop_the_least_recently_answered():
+    batches = [sub(minute, fields={f"m{minute}_{i}": "x" for i in range(50)}) for minute in range(3)]
+    summary = summarise([batches[2], batches[0], batches[1]])
+    assert len(summary.fields) == MAX_CUSTOM_FIELDS == 100
+    assert {key.split("_")[0] for key in summary.fields} == {"m1", "m2"}
 
 
 def test_a_summary_survives_its_json_round_trip():
