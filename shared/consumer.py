@@ -9,7 +9,8 @@ A batch fetched from one partition is applied in a single transaction (fast). If
 fails, each event is retried on its own: infrastructure errors (database or broker
 unreachable) are retried until they pass, other errors up to `max_attempts` times, then
 the message is parked on the group's dead-letter topic with its error and the
-partition moves on.
+partition moves on. Stopping while an outage is being waited out parks nothing: the
+records in hand stay uncommitted and are redelivered to the next run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     PublishUnavailable,
 )
+
+
+class Interrupted(Exception):
+    """stop() arrived while an outage was being waited out: the records in hand are left
+    uncommitted, to be redelivered, rather than counted as failures of their own."""
+
 
 EVENTS_PROCESSED = Counter("embudo_events_processed_total", "Events applied", ["group", "type"])
 EVENTS_DUPLICATE = Counter("embudo_events_duplicate_total", "Events skipped as already processed", ["group"])
@@ -113,6 +120,8 @@ class EventConsumer:
                         # Partition moved during a rebalance: the next owner re-reads these
                         # records and processed_events makes that harmless.
                         log.warning("offset commit failed", extra={"group": self.group, "error": repr(exc)})
+        except Interrupted:
+            log.info("stopped during an outage; uncommitted records will be redelivered", extra={"group": self.group})
         finally:
             await consumer.stop()
             self.finished.set()
@@ -134,6 +143,8 @@ class EventConsumer:
             return
         try:
             await self._retry_transient(lambda: self._apply(decoded))
+        except Interrupted:
+            raise
         except Exception:
             log.warning("batch failed, applying its events one by one", extra={"group": self.group})
             for record, event in decoded:
@@ -144,6 +155,8 @@ class EventConsumer:
             try:
                 await self._retry_transient(lambda: self._apply([(record, event)]))
                 return
+            except Interrupted:
+                raise
             except Exception as exc:
                 if attempt == self.max_attempts:
                     await self._park(record, exc, attempts=attempt)
@@ -157,7 +170,7 @@ class EventConsumer:
                 return await operation()
             except TRANSIENT_ERRORS as exc:
                 if self._stopping.is_set():
-                    raise
+                    raise Interrupted from exc
                 log.warning("transient failure, retrying", extra={"group": self.group, "error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -197,6 +197,52 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
     assert await pool.fetchval("SELECT count(*) FROM effects WHERE email LIKE 'fails%'") == 0
 
 
+async def test_stopping_during_an_outage_parks_nothing_and_leaves_the_event_for_the_next_run(
+    topics, producer, pool, topic_reader, topic_prefix
+):
+    # An outage (here: a handler that cannot reach what it needs) says nothing about the
+    # message, so stopping in the middle of one must not dead-letter it or commit it.
+    topic = unique_topic("outage")
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    dlq = dead_letter_topic(group)
+    await ensure_topics(topics, (topic, dlq), prefix=topic_prefix)
+    dlq_reader = await topic_reader(topic_prefix + dlq.name)
+    event = submission("waits@example.com")
+    await producer.publish_many(topic, [event])
+
+    attempts: list[uuid.UUID] = []
+
+    async def unreachable(event: Envelope, uow: UnitOfWork) -> None:
+        attempts.append(event.event_id)
+        raise ConnectionRefusedError("the CRM is down")
+
+    def consumer_with(handler) -> EventConsumer:
+        return EventConsumer(
+            group=group,
+            topics=[topic],
+            handlers={"form_submission": handler},
+            pool=pool,
+            producer=producer,
+            bootstrap_servers=topics,
+            topic_prefix=topic_prefix,
+            max_attempts=2,
+        )
+
+    async def retried_a_few_times() -> bool:
+        return len(attempts) >= 3
+
+    await run_consumer_until(consumer_with(unreachable), retried_a_few_times)
+    assert await dlq_reader.quiet(1.5) == []
+
+    calls: list[uuid.UUID] = []
+
+    async def applied() -> bool:
+        return len(calls) == 1
+
+    await run_consumer_until(consumer_with(record_effect(calls)), applied)
+    assert calls == [event.event_id]
+
+
 async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool, dsn, topic_reader, topic_prefix):
     reader = await topic_reader(topic_prefix + CAMPAIGN_EVENTS.name)
     committed = [
