@@ -104,11 +104,30 @@ async def run_consumer_until(consumer: EventConsumer, condition, timeout: float 
         await asyncio.wait_for(task, 10)
 
 
+@pytest.fixture
+def consumer_of(topics, producer, pool, topic_prefix):
+    """An EventConsumer of one test topic, with one form_submission handler."""
+
+    def make(topic: Topic, group: str, handler, *, max_attempts: int = 3) -> EventConsumer:
+        return EventConsumer(
+            group=group,
+            topics=[topic],
+            handlers={"form_submission": handler},
+            pool=pool,
+            producer=producer,
+            bootstrap_servers=topics,
+            topic_prefix=topic_prefix,
+            max_attempts=max_attempts,
+        )
+
+    return make
+
+
 def unique_topic(name: str) -> Topic:
     return Topic(f"test.{name}.{uuid.uuid4().hex[:8]}", keyed_by="test", partitions=1, event_types=())
 
 
-async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool, topic_prefix):
+async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool, topic_prefix, consumer_of):
     topic = unique_topic("dedupe")
     await ensure_topics(topics, (topic,), prefix=topic_prefix)
     event = submission()
@@ -119,25 +138,14 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool,
     calls: list[uuid.UUID] = []
     group = f"test-{uuid.uuid4().hex[:8]}"
 
-    def recording_consumer(group: str) -> EventConsumer:
-        return EventConsumer(
-            group=group,
-            topics=[topic],
-            handlers={"form_submission": record_effect(calls)},
-            pool=pool,
-            producer=producer,
-            bootstrap_servers=topics,
-            topic_prefix=topic_prefix,
-        )
-
-    consumer = recording_consumer(group)
+    consumer = consumer_of(topic, group, record_effect(calls))
 
     async def two_effects() -> bool:
         return await pool.fetchval("SELECT count(*) FROM effects") >= 2
 
     await run_consumer_until(consumer, two_effects)
     # Replay from the beginning with a new group: everything is recognised as processed.
-    replay = recording_consumer(f"{group}-replay")
+    replay = consumer_of(topic, f"{group}-replay", record_effect(calls))
 
     async def all_seen() -> bool:
         return await pool.fetchval("SELECT count(*) FROM processed_events") == 2 and len(calls) >= 2
@@ -149,7 +157,7 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool,
 
 
 async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
-    topics, producer, pool, topic_reader, topic_prefix
+    topics, producer, pool, topic_reader, topic_prefix, consumer_of
 ):
     topic = unique_topic("poison")
     group = f"test-{uuid.uuid4().hex[:8]}"
@@ -167,16 +175,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
             raise ValueError("this lead cannot be handled")
         await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data.email)
 
-    consumer = EventConsumer(
-        group=group,
-        topics=[topic],
-        handlers={"form_submission": handle},
-        pool=pool,
-        producer=producer,
-        bootstrap_servers=topics,
-        topic_prefix=topic_prefix,
-        max_attempts=3,
-    )
+    consumer = consumer_of(topic, group, handle, max_attempts=3)
 
     async def good_applied() -> bool:
         return await pool.fetchval("SELECT count(*) FROM effects WHERE email = 'good@example.com'") == 1
@@ -198,7 +197,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
 
 
 async def test_stopping_during_an_outage_parks_nothing_and_leaves_the_event_for_the_next_run(
-    topics, producer, pool, topic_reader, topic_prefix
+    topics, producer, topic_reader, topic_prefix, consumer_of
 ):
     # An outage (here: a handler that cannot reach what it needs) says nothing about the
     # message, so stopping in the middle of one must not dead-letter it or commit it.
@@ -216,22 +215,10 @@ async def test_stopping_during_an_outage_parks_nothing_and_leaves_the_event_for_
         attempts.append(event.event_id)
         raise ConnectionRefusedError("the CRM is down")
 
-    def consumer_with(handler) -> EventConsumer:
-        return EventConsumer(
-            group=group,
-            topics=[topic],
-            handlers={"form_submission": handler},
-            pool=pool,
-            producer=producer,
-            bootstrap_servers=topics,
-            topic_prefix=topic_prefix,
-            max_attempts=2,
-        )
-
     async def retried_a_few_times() -> bool:
         return len(attempts) >= 3
 
-    await run_consumer_until(consumer_with(unreachable), retried_a_few_times)
+    await run_consumer_until(consumer_of(topic, group, unreachable, max_attempts=2), retried_a_few_times)
     assert await dlq_reader.quiet(1.5) == []
 
     calls: list[uuid.UUID] = []
@@ -239,7 +226,7 @@ async def test_stopping_during_an_outage_parks_nothing_and_leaves_the_event_for_
     async def applied() -> bool:
         return len(calls) == 1
 
-    await run_consumer_until(consumer_with(record_effect(calls)), applied)
+    await run_consumer_until(consumer_of(topic, group, record_effect(calls)), applied)
     assert calls == [event.event_id]
 
 
