@@ -70,3 +70,15 @@ def test_make_dev_uses_the_same_ports_as_compose():
     script = (ROOT / "deploy/local/services.sh").read_text()
     for service, port in PORTS.items():
         assert f"{service}:{port}" in script
+
+
+@pytest.mark.parametrize(
+    ("service", "data_dir"),
+    [
+        ("kafka", COMPOSE["services"]["kafka"]["environment"].get("KAFKA_LOG_DIRS")),
+        ("postgres", "/var/lib/postgresql/data"),
+    ],
+)
+def test_the_broker_and_the_database_keep_their_data_on_a_volume(service, data_dir):
+    volumes = [v.split(":") for v in COMPOSE["services"][service]["volumes"]]
+    assert any(source in COMPOSE["volumes"] and target == data_dir for source, target, *_ in volumes)
