@@ -11,7 +11,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +28,9 @@ MAX_BATCH_ITEMS = 500
 MAX_FORM_FIELDS = 50
 # A client clock may run a little fast; beyond this, "occurred in the future" is a bug.
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# Earlier times come from unset clocks, zero timestamps or typos ("0202-03-01"); accepted,
+# they would skew cohorts and sales-cycle lengths for good (events are never rewritten).
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 CENT = Decimal("0.01")
 
 # Pragmatic, not RFC 5322: one @, something before it, a dotted domain after it, no
@@ -64,13 +67,16 @@ class EventInput(BaseModel):
 
     @field_validator("occurred_at")
     @classmethod
-    def _not_in_the_future(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+    def _plausible_time(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is not None and value > info.context["now"] + FUTURE_TOLERANCE:
             raise PydanticCustomError(
                 "future_timestamp",
                 "occurred_at lies more than {minutes} minutes in the future",
                 {"minutes": int(FUTURE_TOLERANCE.total_seconds() // 60)},
             )
+        if value is not None and value < EARLIEST_OCCURRED_AT:
+            earliest = EARLIEST_OCCURRED_AT.isoformat()
+            raise PydanticCustomError("timestamp_too_old", "occurred_at lies before {earliest}", {"earliest": earliest})
         return value
 
 

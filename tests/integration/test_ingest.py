@@ -371,6 +371,7 @@ async def test_invalid_fields_are_422_with_their_paths(client, path, body, field
     [
         (click(occurred_at="2025-03-01T10:00:00"), "occurred_at", "timezone_aware"),
         (click(occurred_at=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()), "occurred_at", "future_timestamp"),
+        (click(occurred_at="1970-01-01T00:00:00Z"), "occurred_at", "timestamp_too_old"),
         (spend(currency="USD"), "cost.currency", "currency_mismatch"),
         ({**click(), "cost": {"amount": "1.00", "currency": "EUR"}}, "cost", "cost_refused"),
         ({**spend(), "cost": None}, "cost", "cost_required"),

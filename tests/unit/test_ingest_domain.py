@@ -104,6 +104,15 @@ def test_naive_and_future_timestamps_are_refused_but_small_clock_skew_is_not():
     assert campaign(event="click", occurred_at=(NOW + timedelta(minutes=4)).isoformat())
 
 
+def test_times_before_2000_are_refused_as_unset_clocks_or_typos():
+    # 00:30 at +01:00 on New Year's Day 2000 is still 1999 in UTC.
+    for implausible in ("1970-01-01T00:00:00Z", "0202-03-01T10:00:00+01:00", "2000-01-01T00:30:00+01:00"):
+        assert errors_of(lambda t=implausible: campaign(event="click", occurred_at=t)) == [
+            (("occurred_at",), "timestamp_too_old")
+        ]
+    assert campaign(event="click", occurred_at="2000-01-01T00:00:00Z")
+
+
 def test_spend_needs_a_cost_in_the_configured_currency_with_at_most_two_decimals():
     spend = campaign(event="spend", cost={"amount": "1E+2", "currency": "EUR"})
     data = to_envelope(spend, NOW)[1].data
