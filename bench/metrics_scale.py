@@ -199,8 +199,8 @@ def cases(now: datetime) -> list[Case]:
     default = resolve_period(None, None, now)  # 30 days up to the end of today
     year = Period(default.end - timedelta(days=365), default.end)
     quarter = Period(default.end - timedelta(days=90), default.end)
-    # A dashboard in Madrid asking for "the last 30 days" from a moment that is no whole hour.
-    odd = Period(now - timedelta(days=30, minutes=17, seconds=3), now)
+    # Edges inside an hour, as "the last 30 days" asked at some moment of the day would have.
+    odd = Period(default.start - timedelta(hours=5, minutes=17, seconds=3), default.end - timedelta(minutes=42))
     big = Filters(campaign_id=CAMPAIGNS[0][0])
     small = Filters(campaign_id=CAMPAIGNS[37][0])
     cpc = Filters(channel="cpc")
