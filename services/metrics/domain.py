@@ -99,6 +99,15 @@ def bucket_periods(period: Period, interval: Interval, max_buckets: int) -> list
     return buckets
 
 
+def cut_hours(buckets: list[Period]) -> list[datetime]:
+    """The UTC hours that a bucket boundary falls inside rather than on. Campaign facts are
+    summed per UTC hour (the `campaign_hourly` rollup): every other hour of the period lies
+    whole in one bucket and is read from there; these are read fact by fact."""
+    bounds = [bucket.start for bucket in buckets] + [buckets[-1].end]
+    hours = (moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0) for moment in bounds)
+    return sorted({hour for hour, moment in zip(hours, bounds, strict=True) if hour != moment})
+
+
 @dataclass(frozen=True)
 class Filters:
     campaign_id: str | None = None

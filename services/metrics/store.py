@@ -3,6 +3,8 @@
 Handlers add each event's facts to a `ProjectionBatch`; the batch is written just before the
 consumer's transaction commits, one statement per table, together with `projection_state`
 (version, as_of), so facts, dedupe rows and the state ETags derive from commit together.
+Inserting campaign facts also adds them to the hourly rollup `campaign_hourly`, in the same
+statement, by a trigger (migrations/002_campaign_hourly.sql).
 Merges are order-independent (the same rules inside a batch and against stored rows):
 created_at and first touch keep the earliest, last touch the latest, stage ranks and deal
 flags only go up, a deal keeps its earliest win and earliest loss.
@@ -22,7 +24,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.metrics.domain import AttributionModel, BreakdownBy, Filters, Period, RawAggregates
+from services.metrics.domain import AttributionModel, BreakdownBy, Filters, Period, RawAggregates, cut_hours
 from shared.events import Attribution
 
 # --- writes ---------------------------------------------------------------------------
@@ -242,13 +244,14 @@ async def projection_state(conn: asyncpg.Connection) -> ProjectionState:
 
 
 async def plan_for_these_values(conn: asyncpg.Connection) -> None:
-    """For the rest of this read transaction: plan every KPI statement for its own values, without JIT.
+    """Planner settings for the rest of this read transaction (measured in docs/benchmarks-notes.md).
 
-    asyncpg prepares statements, and after five runs Postgres may switch to one generic plan for
-    every period: a plan made for an unknown range scanned the whole fact table for a 90-day
-    timeseries (10 s at 5M campaign events, against 0.4 s planned for its values). Planning takes
-    well under a millisecond; JIT compilation, which the row estimates of year-long periods
-    trigger, took ~100 ms per statement and saved nothing."""
+    - Plan each statement for its own values: asyncpg prepares statements, and after five runs
+      Postgres may switch to one generic plan for every period; one made for an unknown range
+      scanned all campaign facts per bucket of a 90-day timeseries (10 s at 5M facts, 0.4 s
+      planned for its values). Planning takes well under a millisecond.
+    - No JIT: the row estimates of long periods triggered ~100 ms of compilation per statement,
+      saving nothing."""
     await conn.execute(
         "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
     )
@@ -256,9 +259,10 @@ async def plan_for_these_values(conn: asyncpg.Connection) -> None:
 
 # Every KPI statement takes the same leading parameters, so each uses a prefix of one list:
 # $1/$2 the whole period, $3 the bucket starts, $4/$5 the campaign/channel filters,
-# $6 the reporting currency. A fact inside [$1, $2) is in bucket width_bucket(time, $3)
-# (1-based): one range scan for all buckets, which the planner estimates from its statistics,
-# where a join on each bucket's bounds was estimated blind.
+# $6 the reporting currency, $7 the hours a bucket boundary cuts (campaign facts only).
+# A fact inside [$1, $2) is in bucket width_bucket(time, $3) (1-based): one range scan for
+# all buckets, which the planner estimates from its statistics, where a join on each
+# bucket's bounds was estimated blind.
 _PERIOD = "{0} >= $1 AND {0} < $2"
 _BUCKET = "width_bucket({0}, $3::timestamptz[])"
 
@@ -272,13 +276,17 @@ def _lead_filter(attribution: AttributionModel, campaign_param: int = 4) -> str:
     )
 
 
+def _campaign_filter(alias: str) -> str:
+    return f"($4::text IS NULL OR {alias}.campaign_id = $4) AND ($5::text IS NULL OR {alias}.channel = $5)"
+
+
 def _dimensions(attribution: AttributionModel, by: BreakdownBy | None) -> tuple[str, str]:
     """(the group column for lead-based facts, the one for campaign facts)."""
     prefix = "first" if attribution == "first_touch" else "last"
     if by == "campaign":
-        return f"l.{prefix}_campaign_id", "c.campaign_id"
+        return f"l.{prefix}_campaign_id", "f.campaign_id"
     if by == "channel":
-        return f"l.{prefix}_channel", "c.channel"
+        return f"l.{prefix}_channel", "f.channel"
     return "NULL::text", "NULL::text"
 
 
@@ -287,13 +295,26 @@ def _kpi_queries(attribution: AttributionModel, by: BreakdownBy | None) -> dict[
     lead_filter = _lead_filter(attribution)
     cycle_days = "extract(epoch FROM d.won_at - l.created_at) / 86400"
     return {
+        # Whole hours from the hourly rollup, the facts of the hours a boundary cuts ($7) one
+        # by one: a rollup hour outside $7 lies whole inside one bucket. Facts without a
+        # currency carry no spend (handlers), so `currency = $6` sums what the raw facts'
+        # `currency IS NULL OR currency = $6` did.
         "campaign": f"""
-            SELECT {_BUCKET.format("c.occurred_at")} AS i, {campaign_dim} AS dim,
-                   sum(c.impressions)::bigint AS impressions, sum(c.clicks)::bigint AS clicks,
-                   coalesce(sum(c.spend) FILTER (WHERE c.currency IS NULL OR c.currency = $6), 0) AS spend
-            FROM campaign_facts c
-            WHERE {_PERIOD.format("c.occurred_at")}
-              AND ($4::text IS NULL OR c.campaign_id = $4) AND ($5::text IS NULL OR c.channel = $5)
+            WITH facts AS (
+                SELECT h.hour AS at, h.campaign_id, h.channel, h.impressions, h.clicks, h.spend, h.currency
+                FROM campaign_hourly h
+                WHERE {_PERIOD.format("h.hour")} AND h.hour <> ALL ($7::timestamptz[]) AND {_campaign_filter("h")}
+                UNION ALL
+                SELECT c.occurred_at, c.campaign_id, c.channel, c.impressions, c.clicks, c.spend,
+                       coalesce(c.currency, '')
+                FROM unnest($7::timestamptz[]) AS cut(hour)
+                JOIN campaign_facts c ON c.occurred_at >= cut.hour AND c.occurred_at < cut.hour + interval '1 hour'
+                WHERE {_PERIOD.format("c.occurred_at")} AND {_campaign_filter("c")}
+            )
+            SELECT {_BUCKET.format("f.at")} AS i, {campaign_dim} AS dim,
+                   sum(f.impressions)::bigint AS impressions, sum(f.clicks)::bigint AS clicks,
+                   coalesce(sum(f.spend) FILTER (WHERE f.currency = $6), 0) AS spend
+            FROM facts f
             GROUP BY 1, 2""",
         # The cohort of leads created in the bucket, and how far each has got by now.
         "cohort": f"""
@@ -360,7 +381,7 @@ async def kpi_aggregates(
     if any(a.end != b.start for a, b in itertools.pairwise(buckets)):
         raise ValueError("buckets must be consecutive")
     args = (buckets[0].start, buckets[-1].end, [p.start for p in buckets], filters.campaign_id, filters.channel,
-            currency)  # fmt: skip
+            currency, cut_hours(buckets))  # fmt: skip
     await plan_for_these_values(conn)
     groups: dict[GroupKey, RawAggregates] = {}
     for query in _kpi_queries(attribution, by).values():

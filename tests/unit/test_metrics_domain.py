@@ -13,6 +13,7 @@ from services.metrics.domain import (
     Period,
     RawAggregates,
     bucket_periods,
+    cut_hours,
     etag,
     etag_matches,
     kpis,
@@ -76,6 +77,27 @@ def test_too_many_buckets_is_refused():
     with pytest.raises(InvalidQuery) as error:
         bucket_periods(Period(utc(2024, 1, 1), utc(2025, 1, 2)), "day", 366)
     assert error.value.field == "interval"
+
+
+def test_cut_hours_are_the_utc_hours_a_boundary_falls_inside():
+    day = Period(utc(2025, 3, 1), utc(2025, 3, 2))
+    assert cut_hours([day]) == []
+    odd = Period(utc(2025, 3, 1, 10, 17, 3), utc(2025, 3, 2, 9, 0, 0, 1))
+    assert cut_hours([odd]) == [utc(2025, 3, 1, 10), utc(2025, 3, 2, 9)]
+    assert cut_hours([Period(utc(2025, 3, 1, 10, 5), utc(2025, 3, 1, 10, 55))]) == [utc(2025, 3, 1, 10)]
+
+    # Local days in India (+05:30): every boundary cuts an hour; in Madrid (+01:00) none does.
+    def days(offset: str) -> list[Period]:
+        start, end = (parse_instant(f"2025-03-0{d}T00:00:00{offset}", "from") for d in (1, 4))
+        return bucket_periods(Period(start, end), "day", 366)
+
+    assert cut_hours(days("+05:30")) == [utc(2025, 2, 28, 18), utc(2025, 3, 1, 18), utc(2025, 3, 2, 18),
+                                         utc(2025, 3, 3, 18)]  # fmt: skip
+    assert cut_hours(days("+01:00")) == []
+    # An aligned boundary next to a cut one in the same hour: the hour is still cut.
+    assert cut_hours(
+        [Period(utc(2025, 3, 1, 9), utc(2025, 3, 1, 10)), Period(utc(2025, 3, 1, 10), utc(2025, 3, 1, 10, 30))]
+    ) == [utc(2025, 3, 1, 10)]
 
 
 def test_disqualified_reaches_nothing_further():
