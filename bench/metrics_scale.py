@@ -249,13 +249,14 @@ class TimedConnection:
         return getattr(self.conn, name)
 
 
+# A name for each statement, from a phrase only it contains (the first that matches).
+_LABELS = (("impressions", "campaign"), ("count(*) AS leads", "cohort"), ("deals_won", "won"), ("deals_lost", "lost"),
+           ("recorded_revenue", "recorded"), ("new_customers", "new_customers"), ("is_reason", "feedback"),
+           ("lost_reason AS value", "reasons"), ("unnest(d.objections)", "objections"))  # fmt: skip
+
+
 def _label(query: str) -> str:
-    for name in ("impressions", "count(*) AS leads", "deals_won", "deals_lost", "recorded_revenue", "new_customers",
-                 "lost_reason", "unnest(d.objections)"):  # fmt: skip
-        if name in query:
-            return {"impressions": "campaign", "count(*) AS leads": "cohort", "lost_reason": "reasons",
-                    "unnest(d.objections)": "objections"}.get(name, name)  # fmt: skip
-    return query.split()[0]
+    return next((label for phrase, label in _LABELS if phrase in query), query.split()[0])
 
 
 async def run_case(conn: asyncpg.Connection, case: Case, explain: bool = False) -> tuple[object, TimedConnection]:

@@ -415,19 +415,21 @@ async def lost_feedback(
     """(lost reasons, objections, lost deals) per campaign of the deals lost in the period.
     An objection counts the lost deals that raised it."""
     campaign = f"l.{'first' if attribution == 'first_touch' else 'last'}_campaign_id"
-    lost = "FROM deals d JOIN leads l USING (lead_id)"
-    where = f"WHERE d.lost_at >= $1 AND d.lost_at < $2 AND {_lead_filter(attribution, campaign_param=3)}"
-    args = (period.start, period.end, filters.campaign_id, filters.channel)
+    # One pass over the lost deals (and their leads) for both counts.
+    query = f"""
+        WITH lost AS MATERIALIZED (
+            SELECT {campaign} AS campaign_id, d.deal_id, d.lost_reason, d.objections
+            FROM deals d JOIN leads l USING (lead_id)
+            WHERE d.lost_at >= $1 AND d.lost_at < $2 AND {_lead_filter(attribution, campaign_param=3)}
+        )
+        SELECT true AS is_reason, campaign_id, lost_reason AS value, count(*) AS n FROM lost GROUP BY 2, 3
+        UNION ALL
+        SELECT false, campaign_id, o.value, count(DISTINCT deal_id)
+        FROM lost CROSS JOIN LATERAL unnest(objections) AS o(value) GROUP BY 2, 3"""
     await plan_for_these_values(conn)
-    reasons = await conn.fetch(
-        f"SELECT {campaign} AS campaign_id, d.lost_reason AS value, count(*) AS n {lost} {where} GROUP BY 1, 2",
-        *args,
-    )
-    objections = await conn.fetch(
-        f"""SELECT {campaign} AS campaign_id, o.value, count(DISTINCT d.deal_id) AS n
-            {lost} CROSS JOIN LATERAL unnest(d.objections) AS o(value) {where} GROUP BY 1, 2""",
-        *args,
-    )
+    rows = await conn.fetch(query, period.start, period.end, filters.campaign_id, filters.channel)
+    reasons = [r for r in rows if r["is_reason"]]
+    objections = [r for r in rows if not r["is_reason"]]
     # Every lost deal has exactly one reason row, so the reason counts add up to the deals.
     deals: dict[str | None, int] = defaultdict(int)
     for r in reasons:
