@@ -87,6 +87,11 @@ class LeadPage(BaseModel):
     next_cursor: str | None
 
 
+class TouchPage(BaseModel):
+    items: list[Touch]
+    next_cursor: str | None
+
+
 def lead_out(row: asyncpg.Record) -> LeadOut:
     return LeadOut(
         lead_id=row["id"],
@@ -120,11 +125,11 @@ def invalid(field: str, message: str) -> Problem:
     )
 
 
-# --- keyset cursor: opaque to clients, (created_at, id) of the page's last lead --------
+# --- keyset cursor: opaque to clients, the (time, id) of the page's last row -------------
 
 
-def encode_cursor(row: asyncpg.Record) -> str:
-    position = json.dumps([row["created_at"].isoformat(), str(row["id"])])
+def encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
+    position = json.dumps([moment.isoformat(), str(row_id)])
     return base64.urlsafe_b64encode(position.encode()).decode()
 
 
@@ -173,7 +178,7 @@ async def list_leads(
     async with pool.acquire() as conn:
         rows = await store.list_leads(conn, where, after, limit + 1)
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
     return LeadPage(items=[lead_out(r) for r in page], next_cursor=next_cursor)
 
 
@@ -184,6 +189,25 @@ async def get_lead(lead_id: uuid.UUID, pool: DbPool) -> LeadDetail:
         if row is None:
             raise Problem(404, f"No lead {lead_id}.")
         return await lead_detail(conn, row)
+
+
+@router.get("/leads/{lead_id}/touches")
+async def list_touches(
+    lead_id: uuid.UUID,
+    pool: DbPool,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> TouchPage:
+    """All of a lead's touches, oldest first (occurred_at, then event_id), page by page; the
+    lead's detail shows only the newest TOUCHES_SHOWN."""
+    after = decode_cursor(cursor) if cursor else None
+    async with pool.acquire() as conn:
+        if await store.get_lead(conn, lead_id) is None:
+            raise Problem(404, f"No lead {lead_id}.")
+        rows = await store.touch_page(conn, lead_id, after, limit + 1)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["occurred_at"], page[-1]["event_id"]) if len(rows) > limit else None
+    return TouchPage(items=[store.touch_of(r) for r in page], next_cursor=next_cursor)
 
 
 @router.post("/leads/{lead_id}/stage")

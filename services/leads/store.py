@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -71,7 +71,7 @@ async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submissio
     )
 
 
-def _touch(row: asyncpg.Record) -> Touch:
+def touch_of(row: asyncpg.Record) -> Touch:
     return Touch(**{c.strip(): row[c.strip()] for c in TOUCH_COLUMNS.split(",")})
 
 
@@ -83,7 +83,7 @@ async def lead_submissions(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list
     return [
         Submission(
             event_id=r["event_id"],
-            touch=_touch(r),
+            touch=touch_of(r),
             name=r["name"],
             company=r["company"],
             phone=r["phone"],
@@ -91,6 +91,22 @@ async def lead_submissions(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list
         )
         for r in rows
     ]
+
+
+async def touch_page(
+    conn: asyncpg.Connection, lead_id: uuid.UUID, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    """One page of a lead's touches in (occurred_at, event_id) order, after the keyset cursor."""
+    if after is None:
+        after = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+    return await conn.fetch(
+        f"""SELECT event_id, {TOUCH_COLUMNS} FROM touches
+            WHERE lead_id = $1 AND (occurred_at, event_id) > ($2, $3)
+            ORDER BY occurred_at, event_id LIMIT $4""",
+        lead_id,
+        *after,
+        limit,
+    )
 
 
 async def latest_touches(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: int) -> list[Touch]:
@@ -101,7 +117,7 @@ async def latest_touches(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: in
         lead_id,
         limit,
     )
-    return [_touch(r) for r in reversed(rows)]
+    return [touch_of(r) for r in reversed(rows)]
 
 
 async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFacts) -> asyncpg.Record:

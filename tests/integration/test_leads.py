@@ -272,6 +272,18 @@ async def test_the_detail_shows_the_newest_touches_and_counts_them_all(leads, pr
     assert (detail["first_touch"]["campaign_id"], detail["last_touch"]["campaign_id"]) == ("c0", f"c{len(many) - 1}")
     assert parse(detail["created_at"]) == many[0].occurred_at
 
+    # The whole history, page by page, oldest first.
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 40} | ({"cursor": cursor} if cursor else {})
+        response = await leads.client.get(f"/v1/leads/{lead['lead_id']}/touches", params=params)
+        assert response.status_code == 200, response.text
+        pages.append([t["campaign_id"] for t in response.json()["items"]])
+        if not (cursor := response.json()["next_cursor"]):
+            break
+    assert [len(page) for page in pages] == [40, 40, len(many) - 80]
+    assert sum(pages, []) == [f"c{minute}" for minute in range(len(many))]
+
 
 async def test_first_and_last_touch_and_the_campaign_and_channel_filters(leads, producer, lead_events):
     await publish(
@@ -550,7 +562,12 @@ async def test_stage_filter(leads, producer):
 async def test_the_api_needs_a_valid_token(leads):
     lead_path = f"/v1/leads/{uuid.uuid4()}"
     for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
-        for method, path in (("GET", "/v1/leads"), ("GET", lead_path), ("POST", f"{lead_path}/stage")):
+        for method, path in (
+            ("GET", "/v1/leads"),
+            ("GET", lead_path),
+            ("GET", f"{lead_path}/touches"),
+            ("POST", f"{lead_path}/stage"),
+        ):
             response = await leads.client.request(method, path, headers=headers, json={"stage": "mql"})
             assert response.status_code == 401, (method, path, headers)
             assert response.headers["content-type"] == "application/problem+json"
@@ -563,6 +580,9 @@ async def test_the_api_needs_a_valid_token(leads):
         ("GET", "/v1/leads/not-a-uuid", None, 422, "lead_id"),
         ("POST", "/v1/leads/not-a-uuid/stage", {"stage": "mql"}, 422, "lead_id"),
         ("GET", "/v1/leads/{unknown}", None, 404, None),
+        ("GET", "/v1/leads/{unknown}/touches", None, 404, None),
+        ("GET", "/v1/leads/{lead}/touches?limit=501", None, 422, "limit"),
+        ("GET", "/v1/leads/{lead}/touches?cursor=bm9wZQ", None, 422, "cursor"),
         ("POST", "/v1/leads/{unknown}/stage", {"stage": "mql"}, 404, None),
         ("POST", "/v1/leads/{lead}/stage", {"stage": "customer"}, 422, "stage"),
         ("POST", "/v1/leads/{lead}/stage", {}, 422, "stage"),
