@@ -25,10 +25,17 @@ from pydantic import (
 
 
 def to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    """The same moment in UTC. Near the ends of Python's range UTC has no such moment
+    (0001-01-01T00:00+01:00 is in year 0): a ValueError, so a model refuses it as invalid
+    instead of an OverflowError failing the request or the database call that converts it."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range (years 1 to 9999 in UTC)") from None
 
 
-# Every timestamp Embudo stores or publishes is timezone-aware and normalised to UTC.
+# Every timestamp Embudo stores or publishes is timezone-aware and normalised to UTC; API
+# models take it for client timestamps too, so the out-of-range ones are a 422.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
 # Money travels as a decimal string ("12.50"), never a float.
 Amount = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]

@@ -11,10 +11,10 @@ from typing import Annotated, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.app import DbPool
-from shared.events import LeadStage, Text, Touch, normalise_email, to_utc, utcnow
+from shared.events import LeadStage, Text, Touch, UtcDatetime, normalise_email, to_utc, utcnow
 from shared.http import Problem, require_api_token
 from shared.uow import unit_of_work
 
@@ -40,7 +40,7 @@ class StageMove(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     stage: LeadStage
     reason: Text | None = Field(default=None, min_length=1, max_length=500)
-    occurred_at: AwareDatetime | None = None  # default: now
+    occurred_at: UtcDatetime | None = None  # default: now
 
 
 class Profile(BaseModel):
@@ -136,9 +136,9 @@ def encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         created_at, lead_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        position = datetime.fromisoformat(created_at), uuid.UUID(lead_id)
-        if position[0].tzinfo is not None:
-            return position
+        moment, row_id = datetime.fromisoformat(created_at), uuid.UUID(lead_id)
+        if moment.tzinfo is not None:
+            return to_utc(moment), row_id  # ValueError past year 1 or 9999 in UTC
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):  # uuid.UUID(5): AttributeError
         pass
     raise invalid("cursor", "cursor is not one this API returned")
@@ -157,8 +157,8 @@ async def list_leads(
         Literal["any", "first", "last"], Query(description="which touch campaign_id and channel match")
     ] = "any",
     email: Annotated[Text | None, Query(max_length=320)] = None,
-    created_from: AwareDatetime | None = None,
-    created_to: AwareDatetime | None = None,
+    created_from: UtcDatetime | None = None,
+    created_to: UtcDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> LeadPage:
@@ -224,7 +224,7 @@ async def move_stage(lead_id: uuid.UUID, body: StageMove, pool: DbPool, settings
             raise Problem(409, str(exc), title="Stage change not allowed", stage=lead["stage"]) from exc
         last_change = await store.last_stage_change_at(uow.conn, lead_id)
         if body.occurred_at is not None:
-            occurred_at = to_utc(body.occurred_at)
+            occurred_at = body.occurred_at
         else:  # "now", but never before a change recorded a moment ahead of our clock
             occurred_at = max(now, last_change) if last_change else now
         try:

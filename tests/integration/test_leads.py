@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.leads import store
-from services.leads.api import TOUCHES_SHOWN
+from services.leads.api import TOUCHES_SHOWN, encode_cursor
 from services.leads.handlers import change_stage, record_submission
 from services.leads.main import build_app
 from services.leads.settings import LeadsSettings, load_scoring_rules
@@ -574,6 +574,10 @@ async def test_the_api_needs_a_valid_token(leads):
             assert response.headers["www-authenticate"] == "Bearer"
 
 
+# A keyset position (time, id) as the cursors encode it, at 0001-01-01T00:00+14:00.
+YEAR_0_CURSOR = encode_cursor(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))), uuid.UUID(int=0))
+
+
 @pytest.mark.parametrize(
     "method, path, body, status, field",
     [
@@ -603,6 +607,18 @@ async def test_the_api_needs_a_valid_token(leads):
         ("GET", "/v1/leads?touch=middle", None, 422, "touch"),
         ("GET", "/v1/leads?email=ra%00@example.com", None, 422, "email"),  # Postgres refuses NUL
         ("GET", "/v1/leads?campaign_id=spring%00", None, 422, "campaign_id"),
+        # Moments with no UTC equivalent in Python (year 0, year 10000): they failed converting.
+        (
+            "POST",
+            "/v1/leads/{lead}/stage",
+            {"stage": "mql", "occurred_at": "0001-01-01T00:00:00+14:00"},
+            422,
+            "occurred_at",
+        ),
+        ("GET", "/v1/leads?created_from=0001-01-01T00:00:00%2B14:00", None, 422, "created_from"),
+        ("GET", "/v1/leads?created_to=9999-12-31T23:59:59-14:00", None, 422, "created_to"),
+        ("GET", f"/v1/leads?cursor={YEAR_0_CURSOR}", None, 422, "cursor"),
+        ("GET", f"/v1/leads/{{lead}}/touches?cursor={YEAR_0_CURSOR}", None, 422, "cursor"),
     ],
 )
 async def test_bad_requests_get_a_clear_problem(leads, producer, method, path, body, status, field):
