@@ -8,7 +8,9 @@ import re
 import sys
 from datetime import UTC, datetime
 
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+# Tried only where an address could start (the lookbehind): without it, a long run of word
+# characters with no "@" was retried from every position, quadratic (0.7 s for 20 kB).
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(\.[\w-]+)+")
 # Digits with spaces, dashes or parentheses (+34 600 123 456, (555) 123-4567), or the
 # dotted 555.123.4567 form; not ISO dates. Dots in general are left alone so IP addresses and versions stay readable.
 PHONE = re.compile(r"(?<![\w.])(?!\d{4}-\d\d-\d\d)\+?\d[\d ()-]{6,}\d(?![\w.])|\b\d{3}\.\d{3}\.\d{4}\b")

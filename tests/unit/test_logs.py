@@ -17,3 +17,8 @@ def test_json_log_lines_mask_extra_fields_too():
     entry = json.loads(JsonFormatter().format(record))
     assert entry["msg"] == "lead for [email]"
     assert entry["phone"] == "[phone]"
+
+
+def test_addresses_inside_other_text_are_masked_whole():
+    assert redact("x<ana@example.com>,bo_1@ex.org;" + "a" * 5000) == "x<[email]>,[email];" + "a" * 5000
+    assert redact("id=" + "a" * 5000 + "@example.com") == "id=[email]"
