@@ -140,6 +140,37 @@ class RawJson(str):
     """Text that goes into a JSON document as it is: 1e400, NaN, 5000 nested arrays."""
 
 
+def long(text: str, *sizes: int) -> st.SearchStrategy[str]:
+    """`text` repeated: very long values (a strategy whose repr stays short)."""
+    return st.sampled_from(sizes).map(lambda n: text * n)
+
+
+# Anything at all in place of a field: JSON of every shape and values Python's JSON reader
+# takes but a database or a Decimal may not.
+BODY_JUNK = st.one_of(
+    JSON_VALUES,
+    long("x", 201, 501, 100_000),
+    long("9", 5000).map(RawJson),  # more digits than Python converts to an int
+    long("[", 5000).map(lambda opened: RawJson(opened + "]" * len(opened))),  # deeper than json recurses
+    st.sampled_from(
+        [
+            RawJson("1e400"),
+            RawJson("NaN"),
+            RawJson("-Infinity"),
+            "\x00",
+            "a\x00b",
+            "\ud800",  # a lone surrogate, sent as the JSON escape \ud800
+            2**64,
+            -(2**63) - 1,
+            1e308,
+            [],
+            {},
+            {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": []}}}}}}}},
+        ]
+    ),
+)
+
+
 def to_json(value: Any) -> str:
     """json.dumps, except that RawJson values are written verbatim."""
     if isinstance(value, RawJson):

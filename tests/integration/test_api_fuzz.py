@@ -49,12 +49,14 @@ from tests.integration.test_metrics_support import Lead as MetricsLead
 from tests.integration.test_metrics_support import campaign, running_metrics
 from tests.integration.test_sales import Lead as SalesLead
 from tests.support import (
+    BODY_JUNK,
     JSON_VALUES,
     Hints,
     RawJson,
     eventually,
     from_schema,
     inline_refs,
+    long,
     requests_for,
     serve,
     to_json,
@@ -75,11 +77,6 @@ NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 
 # --- values the schemas do not describe ---------------------------------------------------
-
-
-def long(text: str, *sizes: int) -> st.SearchStrategy[str]:
-    """`text` repeated: very long values (a strategy whose repr stays short)."""
-    return st.sampled_from(sizes).map(lambda n: text * n)
 
 
 OFFSETS = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
@@ -190,30 +187,6 @@ DATES = st.dates().map(lambda d: d.isoformat()) | st.sampled_from(
     ["0001-01-01", "9999-12-31", "2025-02-29", "2025-13-01", "10000-01-01", "2025-03-01T10:00:00Z", 0, 1e20]
 )
 CURRENCIES = st.just("EUR") | st.sampled_from(["EUR", "eur", " EUR ", "USD", "EUR\x00", "ＥＵＲ", "", "x" * 11])
-# Anything at all in place of a field: JSON of every shape and values Python's JSON reader
-# takes but a database or a Decimal may not.
-BODY_JUNK = st.one_of(
-    JSON_VALUES,
-    long("x", 201, 501, 100_000),
-    long("9", 5000).map(RawJson),  # more digits than Python converts to an int
-    long("[", 5000).map(lambda opened: RawJson(opened + "]" * len(opened))),  # deeper than json recurses
-    st.sampled_from(
-        [
-            RawJson("1e400"),
-            RawJson("NaN"),
-            RawJson("-Infinity"),
-            "\x00",
-            "a\x00b",
-            "\ud800",  # a lone surrogate, sent as the JSON escape \ud800
-            2**64,
-            -(2**63) - 1,
-            1e308,
-            [],
-            {},
-            {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": []}}}}}}}},
-        ]
-    ),
-)
 QUERY_JUNK = (
     st.text(max_size=30)
     | long("x", 201, 10_000)

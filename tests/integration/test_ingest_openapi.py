@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
 from tests.integration.test_ingest import KEY, create_visible_topics
-from tests.support import requests_for, string_of
+from tests.support import BODY_JUNK, requests_for, string_of
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,9 @@ async def test_no_request_generated_from_the_spec_gets_a_5xx(make_settings, topi
         def explore(path: str, media: dict[str, Any]) -> None:
             with httpx.Client(base_url=base_url, timeout=30) as http:
 
-                @given(request=requests_for(media), auth=st.sampled_from([KEY, KEY, KEY, None, "wrong"]))
+                @given(
+                    request=requests_for(media, junk=BODY_JUNK), auth=st.sampled_from([KEY, KEY, KEY, None, "wrong"])
+                )
                 @settings(
                     max_examples=EXAMPLES_PER_OPERATION,
                     deadline=None,
