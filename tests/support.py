@@ -288,6 +288,12 @@ def broken(valid: st.SearchStrategy[dict], junk: st.SearchStrategy[Any] = JSON_V
     )
 
 
+def form_text(text: str) -> str:
+    """A lone surrogate (a JSON body can carry one as \\ud800) cannot be URL-encoded: a browser
+    would have replaced it, so the form gets U+FFFD there instead."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def requests_for(
     media: dict[str, Any], hints: Hints | None = None, junk: st.SearchStrategy[Any] = JSON_VALUES
 ) -> st.SearchStrategy[tuple[str, bytes]]:
@@ -300,7 +306,7 @@ def requests_for(
             options.append(bodies.map(lambda b: ("application/json", to_json(b).encode())))
         else:  # a form: flat string values only
             forms = bodies.filter(lambda b: isinstance(b, dict)).map(
-                lambda b: {str(k): v if isinstance(v, str) else to_json(v) for k, v in b.items()}
+                lambda b: {form_text(str(k)): form_text(v if isinstance(v, str) else to_json(v)) for k, v in b.items()}
             )
             options.append(forms.map(lambda b, ct=content_type: (ct, str(httpx.QueryParams(b)).encode())))
     # The wrong content type, or bytes that are not JSON at all.
