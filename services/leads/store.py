@@ -113,7 +113,7 @@ async def latest_touches(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: in
     """The lead's `limit` most recent touches, oldest first."""
     rows = await conn.fetch(
         f"""SELECT {TOUCH_COLUMNS} FROM touches WHERE lead_id = $1
-            ORDER BY occurred_at DESC, event_id::text DESC LIMIT $2""",
+            ORDER BY occurred_at DESC, event_id DESC LIMIT $2""",
         lead_id,
         limit,
     )

@@ -127,6 +127,19 @@ def unique_topic(name: str) -> Topic:
     return Topic(f"test.{name}.{uuid.uuid4().hex[:8]}", keyed_by="test", partitions=1, event_types=())
 
 
+@pytest.fixture
+def topic_with_dlq(topics, topic_reader, topic_prefix):
+    """A fresh test topic, a consumer group name, and a reader of that group's dead-letter topic."""
+
+    async def make(name: str):
+        topic, group = unique_topic(name), f"test-{uuid.uuid4().hex[:8]}"
+        dlq = dead_letter_topic(group)
+        await ensure_topics(topics, (topic, dlq), prefix=topic_prefix)
+        return topic, group, await topic_reader(topic_prefix + dlq.name)
+
+    return make
+
+
 async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool, topic_prefix, consumer_of):
     topic = unique_topic("dedupe")
     await ensure_topics(topics, (topic,), prefix=topic_prefix)
@@ -157,13 +170,9 @@ async def test_consumer_applies_a_redelivered_event_once(topics, producer, pool,
 
 
 async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
-    topics, producer, pool, topic_reader, topic_prefix, consumer_of
+    producer, pool, topic_prefix, consumer_of, topic_with_dlq
 ):
-    topic = unique_topic("poison")
-    group = f"test-{uuid.uuid4().hex[:8]}"
-    dlq = dead_letter_topic(group)
-    await ensure_topics(topics, (topic, dlq), prefix=topic_prefix)
-    dlq_reader = await topic_reader(topic_prefix + dlq.name)
+    topic, group, dlq_reader = await topic_with_dlq("poison")
 
     good = submission("good@example.com")
     failing = submission("fails@example.com")
@@ -197,15 +206,11 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
 
 
 async def test_stopping_during_an_outage_parks_nothing_and_leaves_the_event_for_the_next_run(
-    topics, producer, topic_reader, topic_prefix, consumer_of
+    producer, consumer_of, topic_with_dlq
 ):
     # An outage (here: a handler that cannot reach what it needs) says nothing about the
     # message, so stopping in the middle of one must not dead-letter it or commit it.
-    topic = unique_topic("outage")
-    group = f"test-{uuid.uuid4().hex[:8]}"
-    dlq = dead_letter_topic(group)
-    await ensure_topics(topics, (topic, dlq), prefix=topic_prefix)
-    dlq_reader = await topic_reader(topic_prefix + dlq.name)
+    topic, group, dlq_reader = await topic_with_dlq("outage")
     event = submission("waits@example.com")
     await producer.publish_many(topic, [event])
 
