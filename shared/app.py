@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +21,9 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from shared.consumer import EventConsumer, Handler
+from shared.consumer import EventConsumer, Handlers, check_handlers
 from shared.db import apply_migrations, create_pool
+from shared.events import EventData
 from shared.http import RequestMetrics, RequestSizeLimit, install_problem_handlers, metrics_response
 from shared.kafka import EventProducer
 from shared.logs import configure_logging
@@ -40,8 +41,10 @@ class ServiceSpec:
     routers: list[APIRouter]
     migrations: Path | None = None  # None: the service has no database (ingest)
     consumes: list[Topic] = field(default_factory=list)
-    handlers: Mapping[str, Handler] = field(default_factory=dict)
+    handlers: Handlers = field(default_factory=dict)  # by event model; checked against `consumes`
+    ignores: tuple[type[EventData], ...] = ()  # types on consumed topics this service has no use for
     uses_outbox: bool = False
+    # Routes that are not an APIRouter (the metrics dashboard mounts static files).
     extra_routes: Callable[[FastAPI], None] | None = None
 
 
@@ -62,6 +65,7 @@ async def supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
 
 def create_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
+    check_handlers(spec.consumes, spec.handlers, spec.ignores)  # a mismatch stops start-up here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +95,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 group=group,
                 topics=spec.consumes,
                 handlers=spec.handlers,
+                ignores=spec.ignores,
                 pool=app.state.pool,
                 producer=producer,
                 bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -5,6 +5,12 @@ writes (outbox rows included) commit in one transaction, so a redelivered or rep
 event is recognised by its event_id and skipped. Offsets are committed to Kafka only
 after that transaction, which makes them an optimisation, never the source of truth.
 
+Handlers are registered by event model (`{DealWon: on_deal_won}`) and receive the typed
+payload (`event: Envelope[DealWon]`). The consumer refuses to start when a handler's event
+type is not carried by a topic it consumes, or when a consumed topic carries a type that
+is neither handled nor listed in `ignores`: a forgotten or misplaced handler is a start-up
+error, not events silently dropped.
+
 A batch fetched from one partition is applied in a single transaction (fast). If it
 fails, each event is retried on its own: infrastructure errors (database or broker
 unreachable) are retried until they pass, other errors up to `max_attempts` times, then
@@ -17,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import typing
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter
 
-from shared.events import Envelope
+from shared.events import Envelope, EventData
 from shared.kafka import EventProducer, PublishUnavailable
 from shared.topics import Topic, dead_letter_topic
 from shared.uow import UnitOfWork
@@ -32,6 +39,42 @@ from shared.uow import UnitOfWork
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
+Handlers = Mapping[type[EventData], Handler]
+
+
+class HandlerMismatch(Exception):
+    """The handlers and the consumed topics do not fit together (raised at start-up)."""
+
+
+def declared_types(handler: Handler) -> set[type[EventData]]:
+    """The payload types a handler's first parameter declares: `Envelope[A]` or `Envelope[A | B]`."""
+    target = getattr(handler, "func", handler)  # functools.partial
+    hints = typing.get_type_hints(target)
+    first = next(iter(target.__code__.co_varnames[: target.__code__.co_argcount]), None)
+    annotation = hints.get(first) if first else None
+    args = getattr(annotation, "__pydantic_generic_metadata__", {}).get("args", ())
+    declared: set[type[EventData]] = set()
+    for arg in args:
+        declared.update(typing.get_args(arg) or (arg,))
+    return declared
+
+
+def check_handlers(topics: Collection[Topic], handlers: Handlers, ignores: Collection[type[EventData]]) -> None:
+    carried = {event_type for topic in topics for event_type in topic.event_types}
+    problems = []
+    for event_type, handler in handlers.items():
+        if event_type not in carried:
+            problems.append(f"{event_type.__name__} is handled but no consumed topic carries it")
+        if event_type not in declared_types(handler):
+            name = getattr(handler, "func", handler).__name__
+            problems.append(f"{name} is registered for {event_type.__name__} but does not declare it")
+    for event_type in carried - set(handlers) - set(ignores):
+        problems.append(f"{event_type.__name__} arrives on a consumed topic but is neither handled nor ignored")
+    for event_type in set(handlers) & set(ignores):
+        problems.append(f"{event_type.__name__} is both handled and ignored")
+    if problems:
+        raise HandlerMismatch("; ".join(problems))
+
 
 # Errors that say "the world is down", not "this message is bad": retry without limit.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -49,6 +92,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 class Interrupted(Exception):
     """stop() arrived while an outage was being waited out: the records in hand are left
     uncommitted, to be redelivered, rather than counted as failures of their own."""
+
+
+class UnexpectedEvent(Exception):
+    """An event of a type its topic does not carry: parked, like any poison message."""
 
 
 EVENTS_PROCESSED = Counter("embudo_events_processed_total", "Events applied", ["group", "type"])
@@ -74,7 +121,8 @@ class EventConsumer:
         *,
         group: str,
         topics: list[Topic],
-        handlers: Mapping[str, Handler],
+        handlers: Handlers,
+        ignores: Collection[type[EventData]] = (),
         pool: asyncpg.Pool,
         producer: EventProducer,
         bootstrap_servers: str,
@@ -82,9 +130,11 @@ class EventConsumer:
         max_attempts: int = 3,
         max_batch: int = 500,
     ) -> None:
+        check_handlers(topics, handlers, ignores)
         self.group = group
         self.topics = topics
         self.handlers = handlers
+        self.ignores = frozenset(ignores)
         self.pool = pool
         self.producer = producer
         self.bootstrap_servers = bootstrap_servers
@@ -190,15 +240,17 @@ class EventConsumer:
             )
             new_ids = {row["event_id"] for row in rows}
             uow = UnitOfWork(conn)
-            for _, event in batch:
+            for record, event in batch:
                 if event.event_id not in new_ids:
                     EVENTS_DUPLICATE.labels(self.group).inc()
                     continue
                 new_ids.discard(event.event_id)  # the same id twice in one batch applies once
-                handler = self.handlers.get(event.type)
-                if handler is not None:  # a topic may carry types this service ignores
+                handler = self.handlers.get(type(event.data))
+                if handler is not None:
                     await handler(event, uow)
                     EVENTS_PROCESSED.labels(self.group, event.type).inc()
+                elif type(event.data) not in self.ignores:  # a valid event on the wrong topic
+                    raise UnexpectedEvent(f"{event.type} does not belong on {record.topic}")
             await uow.flush()
 
     async def _park(self, record: ConsumerRecord, error: BaseException, attempts: int) -> None:

@@ -1,8 +1,9 @@
 """Postgres plumbing: an asyncpg pool with jsonb codecs, and numbered .sql migrations.
 
 Migrations are plain numbered files (001_init.sql, 002_...) per service, applied in
-order at start-up inside one transaction under an advisory lock, so several replicas
-starting together apply each file exactly once. A migration tool (alembic) would add a
+order at start-up under an advisory lock, each file in a transaction of its own with its
+row in schema_migrations, so several replicas starting together apply each file exactly
+once and a failing file leaves the ones before it applied. A migration tool (alembic) would add a
 second model of the schema that the raw-SQL stores never use.
 """
 

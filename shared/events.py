@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +22,8 @@ from pydantic import (
     Field,
     PlainSerializer,
 )
+
+from shared.rules import DealStage, LeadStage, RevenueKind
 
 
 def to_utc(value: datetime) -> datetime:
@@ -42,6 +44,10 @@ Amount = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, w
 # Text a consumer can store: Postgres keeps no NUL character in text or jsonb, so an event
 # carrying one would be accepted at the edge and then fail in every consumer (dead-lettered).
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+# A currency a client sends: checked against EMBUDO_CURRENCY (shared.rules.check_currency);
+# the OpenAPI document states the configured code (shared.openapi fills in the pattern).
+CURRENCY_SCHEMA_MARK = "x-embudo-currency"
+CurrencyCode = Annotated[str, Field(min_length=3, max_length=3, json_schema_extra={CURRENCY_SCHEMA_MARK: True})]
 
 
 def utcnow() -> datetime:
@@ -124,9 +130,6 @@ class Attribution(BaseModel):
     last_touch: Touch
 
 
-LeadStage = Literal["lead", "mql", "sql", "disqualified"]
-
-
 class LeadCreated(EventData):
     event_type: ClassVar[str] = "lead.created"
     lead_id: uuid.UUID
@@ -160,8 +163,6 @@ class LeadStageChanged(EventData):
 
 
 # --- sales --------------------------------------------------------------------------
-
-DealStage = Literal["qualification", "proposal", "negotiation", "won", "lost"]
 
 
 class DealEventData(EventData):
@@ -212,7 +213,7 @@ class CustomerRevenueRecorded(EventData):
     lead_id: uuid.UUID
     amount: Amount
     currency: str
-    kind: Literal["purchase", "renewal", "upsell"]
+    kind: RevenueKind
     occurred_at: UtcDatetime
     attribution: Attribution
 
@@ -258,8 +259,14 @@ def upcast(event_type: str, version: int, data: dict[str, Any]) -> dict[str, Any
     return data
 
 
-class Envelope(BaseModel):
-    """The metadata every event carries around its typed `data`."""
+# Unbound on purpose: an unparametrised Envelope validates `data` as any JSON (from_bytes
+# then picks the model by `type`); bound, pydantic would coerce it into a bare EventData.
+DataT = TypeVar("DataT")
+
+
+class Envelope(BaseModel, Generic[DataT]):
+    """The metadata every event carries around its typed `data`. Handlers declare the
+    payload they take: `async def on_deal_won(event: Envelope[DealWon], uow)`."""
 
     model_config = ConfigDict(frozen=True)
     event_id: uuid.UUID
@@ -269,7 +276,7 @@ class Envelope(BaseModel):
     occurred_at: UtcDatetime
     recorded_at: UtcDatetime
     key: str
-    data: Any  # an EventData instance once decoded
+    data: DataT
 
     @classmethod
     def wrap(

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.errors import Conflict, DomainError, InvalidField, NotFound, RateLimited, TooLarge
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -69,19 +71,56 @@ def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"field": field_path(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
 
 
+def invalid_fields(
+    errors: list[dict[str, Any]], detail: str = "The request has invalid fields.", **extra: Any
+) -> Problem:
+    """The one 422: `errors` lists {field, message, type}, never the value sent."""
+    return Problem(422, detail, title="Validation failed", errors=errors, **extra)
+
+
+def malformed_json() -> Problem:
+    return Problem(400, "The request body is not valid JSON.", title="Malformed JSON")
+
+
+# Each kind of domain refusal has one status; the service layer never picks HTTP codes.
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    InvalidField: 422,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    RateLimited: 429,
+}
+
+
+def domain_problem(exc: DomainError) -> Problem:
+    if isinstance(exc, InvalidField):
+        return invalid_fields([{"field": exc.field, "message": exc.message, "type": "value_error"}], exc.message)
+    status = next((code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind)), 400)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return Problem(status, exc.detail, title=exc.title, headers=headers, **exc.extra)
+
+
+def _answer(problem: Problem) -> JSONResponse:
+    return problem_response(
+        problem.status, problem.detail, title=problem.title, headers=problem.headers, **problem.extra
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, title=exc.title, headers=exc.headers, **exc.extra)
+        return _answer(exc)
+
+    @app.exception_handler(DomainError)
+    async def _refused(_: Request, exc: DomainError) -> JSONResponse:
+        return _answer(domain_problem(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e["type"] == "json_invalid" for e in errors):
-            return problem_response(400, "The request body is not valid JSON.", title="Malformed JSON")
-        return problem_response(
-            422, "The request has invalid fields.", title="Validation failed", errors=validation_errors(errors)
-        )
+            return _answer(malformed_json())
+        return _answer(invalid_fields(validation_errors(errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -111,7 +150,7 @@ def bearer_token(request: Request) -> str | None:
 
 def require_api_token(request: Request) -> None:
     """Dependency: the request carries one of the service's EMBUDO_API_TOKENS."""
-    if not token_matches(bearer_token(request), request.app.state.settings.api_token_list):
+    if not token_matches(bearer_token(request), request.app.state.settings.api_tokens):
         raise Problem(
             401,
             "A valid 'Authorization: Bearer <api token>' header is required.",

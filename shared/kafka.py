@@ -62,10 +62,6 @@ class EventProducer:
             producer, self._producer = self._producer, None
             await producer.stop()
 
-    @property
-    def started(self) -> bool:
-        return self._producer is not None
-
     async def _ready(self) -> AIOKafkaProducer:
         if self._producer is None:
             async with self._starting:  # concurrent requests share one connection attempt

@@ -1,11 +1,19 @@
-"""One settings object per service, read from EMBUDO_* environment variables."""
+"""One settings object per service, read from EMBUDO_* environment variables once, at start-up.
+
+A service's settings class extends `ServiceSettings`; routes get it through the service's
+`Settings` dependency (`Annotated[..., Depends(current_settings)]`), never from app state.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import timedelta
+from typing import Annotated, Literal
 
-from pydantic import model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from fastapi import Request
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.rules import CLOCK_SKEW
 
 # Only accepted when EMBUDO_ENV=dev (what `make dev` sets); anywhere else a service
 # refuses to start without keys of its own.
@@ -13,8 +21,15 @@ DEV_WRITE_KEY = "dev-write-key"
 DEV_API_TOKEN = "dev-api-token"
 
 
-def split_csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+def split_csv(value: object) -> object:
+    """'a, b,,c' -> ['a', 'b', 'c']; lists pass through (settings built in code)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A comma-separated environment variable, parsed into a list once.
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(split_csv)]
 
 
 class ServiceSettings(BaseSettings):
@@ -22,7 +37,6 @@ class ServiceSettings(BaseSettings):
 
     env: Literal["dev", "test", "prod"] = "prod"
     log_level: str = "INFO"
-    host: str = "127.0.0.1"
     currency: str = "EUR"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_replication_factor: int = 1
@@ -37,17 +51,19 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = 512 * 1024
     # Consumer: attempts before a failing message goes to the dead-letter topic.
     max_handler_attempts: int = 3
-    # Comma-separated bearer tokens for the service's API (not used by ingest).
-    api_tokens: str = ""
+    # Bearer tokens for the service's API, comma-separated (not used by ingest).
+    api_tokens: CsvList = []
+    # How far ahead of our clock a client's timestamp may be before it is "in the future".
+    clock_skew_seconds: float = Field(default=CLOCK_SKEW.total_seconds(), ge=0)
 
     @property
-    def api_token_list(self) -> list[str]:
-        return split_csv(self.api_tokens)
+    def clock_skew(self) -> timedelta:
+        return timedelta(seconds=self.clock_skew_seconds)
 
     @model_validator(mode="after")
     def _dev_api_token(self) -> ServiceSettings:
         if not self.api_tokens and self.env == "dev":
-            self.api_tokens = DEV_API_TOKEN
+            self.api_tokens = [DEV_API_TOKEN]
         return self
 
     def require(self, *names: str) -> None:
@@ -55,3 +71,9 @@ class ServiceSettings(BaseSettings):
         missing = [f"EMBUDO_{n.upper()}" for n in names if not getattr(self, n)]
         if missing:
             raise SystemExit(f"missing settings: {', '.join(missing)} (dev credentials only work with EMBUDO_ENV=dev)")
+
+
+# Async on purpose: FastAPI runs plain-def dependencies in a thread pool on every request.
+async def current_settings(request: Request) -> ServiceSettings:
+    """The settings the app was built with; each service annotates it with its own class."""
+    return request.app.state.settings

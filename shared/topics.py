@@ -11,44 +11,52 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from shared.events import (
+    CampaignEvent,
+    CustomerRevenueRecorded,
+    DealCreated,
+    DealLost,
+    DealStageChanged,
+    DealWon,
+    EventData,
+    FormSubmission,
+    LeadCreated,
+    LeadStageChanged,
+    LeadTouched,
+)
+
 
 @dataclass(frozen=True)
 class Topic:
     name: str
     keyed_by: str
     partitions: int
-    event_types: tuple[str, ...]
+    event_types: tuple[type[EventData], ...]  # what it carries: the one topic of each event type
 
 
 FORM_SUBMISSIONS = Topic(
     "embudo.ingest.form-submissions.v1",
     keyed_by="normalised email (one person's submissions stay in order)",
     partitions=6,
-    event_types=("form_submission",),
+    event_types=(FormSubmission,),
 )
 CAMPAIGN_EVENTS = Topic(
     "embudo.ingest.campaign-events.v1",
     keyed_by="campaign_id",
     partitions=6,
-    event_types=("campaign_event",),
+    event_types=(CampaignEvent,),
 )
 LEAD_EVENTS = Topic(
     "embudo.leads.lead-events.v1",
     keyed_by="lead_id (a lead's creation, touches and stage changes stay in order)",
     partitions=6,
-    event_types=("lead.created", "lead.touched", "lead.stage_changed"),
+    event_types=(LeadCreated, LeadTouched, LeadStageChanged),
 )
 DEAL_EVENTS = Topic(
     "embudo.sales.deal-events.v1",
     keyed_by="lead_id (a customer's deals and revenue stay in order)",
     partitions=6,
-    event_types=(
-        "deal.created",
-        "deal.stage_changed",
-        "deal.won",
-        "deal.lost",
-        "customer.revenue_recorded",
-    ),
+    event_types=(DealCreated, DealStageChanged, DealWon, DealLost, CustomerRevenueRecorded),
 )
 
 
@@ -67,11 +75,12 @@ EVENT_TOPICS = (FORM_SUBMISSIONS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS)
 ALL_TOPICS = EVENT_TOPICS + tuple(dead_letter_topic(group) for group in CONSUMER_GROUPS)
 
 
-def topic_for_event_type(event_type: str) -> Topic:
+def topic_of(event_type: type[EventData]) -> Topic:
+    """The topic an event type is published on."""
     for topic in EVENT_TOPICS:
         if event_type in topic.event_types:
             return topic
-    raise KeyError(event_type)
+    raise KeyError(event_type.event_type)
 
 
 def topic_configs(replication_factor: int) -> dict[str, str]:

@@ -7,9 +7,7 @@ precisely. The OpenAPI request schemas are therefore declared by hand from the m
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,11 +16,12 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from shared.app import Producer
 from shared.events import utcnow
-from shared.http import Problem, bearer_token, field_path, token_matches
-from shared.kafka import EventProducer, PublishUnavailable
+from shared.http import Problem, bearer_token, field_path, invalid_fields, malformed_json, token_matches
+from shared.kafka import EventProducer
 
-from . import store
+from . import service
 from .domain import (
     UTM_NAMES,
     BatchInput,
@@ -34,44 +33,37 @@ from .domain import (
     form_to_input,
     item_errors,
     safe_redirect,
-    to_envelope,
 )
-from .settings import IngestSettings
+from .settings import IngestSettings, Settings
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
 JSON = "application/json"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
-# --- the one dependency: who is calling, and what accepting their events needs --------
+# --- dependencies -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    key: str  # the write key, checked
-    settings: IngestSettings
-    producer: EventProducer
-    limiter: RateLimiter
-    redirect_hosts: frozenset[str]
-
-
-async def authenticated(request: Request) -> Caller:
+async def write_key(request: Request, settings: Settings) -> str:
     """The write key from `Authorization: Bearer`, or from `?key=` (HTML forms and
-    beacons cannot set headers), compared in constant time. One async dependency on
-    purpose: each extra one costs a little on every request, and sync ones a thread hop."""
-    state = request.app.state
+    beacons cannot set headers), compared in constant time."""
     key = bearer_token(request) or request.query_params.get("key")
-    if not token_matches(key, state.write_keys):
+    if not token_matches(key, settings.write_keys):
         raise Problem(
             401,
             "A valid write key is required: 'Authorization: Bearer <write key>' or '?key=<write key>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
     assert key is not None
-    return Caller(key, state.settings, state.producer, state.rate_limiter, state.redirect_hosts)
+    return key
 
 
-Authenticated = Annotated[Caller, Depends(authenticated)]
+async def _rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter
+
+
+WriteKey = Annotated[str, Depends(write_key)]
+Limiter = Annotated[RateLimiter, Depends(_rate_limiter)]
 
 # --- reading bodies ---------------------------------------------------------------------
 
@@ -92,10 +84,9 @@ def problem_for(exc: ValidationError, path: Callable[[Sequence[Any]], str] = fie
     """400 for malformed JSON, else 422 naming each field (never echoing its value)."""
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
-        return Problem(400, "The request body is not valid JSON.", title="Malformed JSON")
+        return malformed_json()
     # An empty path means the body itself (e.g. an array where an object belongs).
-    listed = [{"field": path(e["loc"]) or "body", "message": e["msg"], "type": e["type"]} for e in errors]
-    return Problem(422, "The request has invalid fields.", title="Validation failed", errors=listed)
+    return invalid_fields([{"field": path(e["loc"]) or "body", "message": e["msg"], "type": e["type"]} for e in errors])
 
 
 async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any]) -> Any:
@@ -110,40 +101,26 @@ async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any
 # --- answering --------------------------------------------------------------------------
 
 
-async def accept(items: Sequence[FormSubmissionInput | CampaignEventInput], caller: Caller, now: datetime) -> list[str]:
-    """Turn valid items into events and publish them all; returns their event_ids once
-    Kafka acknowledged every one."""
-    settings = caller.settings
-    prepared: list[store.Prepared] = []
-    event_ids: list[str] = []
-    too_large: list[int] = []
-    for index, item in enumerate(items):
-        topic, envelope = to_envelope(item, now)
-        value = envelope.to_bytes()
-        if len(value) > settings.max_event_bytes:
-            too_large.append(index)
-        prepared.append((topic, envelope.key.encode(), value))
-        event_ids.append(str(envelope.event_id))
-    if too_large:
-        raise Problem(
-            413,
-            f"An event may be at most {settings.max_event_bytes} bytes as published.",
-            title="Event too large",
-            items=too_large,
-        )
-    wait = caller.limiter.take(caller.key, len(prepared), time.monotonic())
-    if wait:
-        raise Problem(429, "Rate limit for this write key exceeded.", headers={"Retry-After": str(wait)})
+async def accept(
+    items: Sequence[FormSubmissionInput | CampaignEventInput],
+    *,
+    key: str,
+    settings: IngestSettings,
+    producer: EventProducer,
+    limiter: RateLimiter,
+    now: datetime,
+) -> list[str]:
     try:
-        await store.publish(caller.producer, prepared)
-    except PublishUnavailable:
+        return await service.accept(
+            items, write_key=key, producer=producer, limiter=limiter, max_event_bytes=settings.max_event_bytes, now=now
+        )
+    except service.NotAcknowledged as exc:
         raise Problem(
             503,
             "The event log did not acknowledge in time; retry with the same event_ids.",
             headers={"Retry-After": str(settings.unavailable_retry_after_seconds)},
-            event_ids=event_ids,  # so a client that sent none can still retry safely
+            event_ids=exc.event_ids,  # so a client that sent none can still retry safely
         ) from None
-    return event_ids
 
 
 def accepted(event_ids: list[str]) -> JSONResponse:
@@ -228,25 +205,22 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         ("application/x-www-form-urlencoded", HTML_FORM_SCHEMA),
     ),
 )
-async def post_form_submission(request: Request, caller: Authenticated) -> Response:
+async def post_form_submission(
+    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+) -> Response:
     """A lead-capture form submission, as JSON or straight from an HTML form."""
     now = utcnow()
-    ctx = context(caller.settings.currency, now)
+    ctx = context(settings.currency, now, settings.clock_skew)
     media = media_type(request)
     redirect = None
     if media in FORM_TYPES:
         form = await request.form()
         pairs = form.multi_items()
         if any(isinstance(value, UploadFile) for _, value in pairs):
-            raise Problem(
-                422,
+            files = [n for n, v in pairs if isinstance(v, UploadFile)]
+            raise invalid_fields(
+                [{"field": n, "message": "files are not accepted", "type": "file"} for n in files],
                 "Files are not accepted.",
-                title="Validation failed",
-                errors=[
-                    {"field": n, "message": "files are not accepted", "type": "file"}
-                    for n, v in pairs
-                    if isinstance(v, UploadFile)
-                ],
             )
         body, redirect = form_to_input(pairs)  # type: ignore[arg-type]
         try:
@@ -257,8 +231,8 @@ async def post_form_submission(request: Request, caller: Authenticated) -> Respo
         submission = await read_json(request, FormSubmissionInput, ctx)
     else:
         raise unsupported([JSON, *FORM_TYPES])
-    event_ids = await accept([submission], caller, now)
-    target = safe_redirect(redirect, caller.redirect_hosts)
+    event_ids = await accept([submission], key=key, settings=settings, producer=producer, limiter=limiter, now=now)
+    target = safe_redirect(redirect, settings.allowed_redirect_hosts)
     if target is not None:
         return RedirectResponse(target, status_code=303)
     return accepted(event_ids)
@@ -270,11 +244,13 @@ async def post_form_submission(request: Request, caller: Authenticated) -> Respo
     responses=RESPONSES,
     openapi_extra=request_body((JSON, inline_schema(CampaignEventInput))),
 )
-async def post_campaign_event(request: Request, caller: Authenticated) -> Response:
+async def post_campaign_event(
+    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+) -> Response:
     """An impression, click or spend of a campaign, from an ad platform or a script."""
     now = utcnow()
-    event = await read_json(request, CampaignEventInput, context(caller.settings.currency, now))
-    return accepted(await accept([event], caller, now))
+    event = await read_json(request, CampaignEventInput, context(settings.currency, now, settings.clock_skew))
+    return accepted(await accept([event], key=key, settings=settings, producer=producer, limiter=limiter, now=now))
 
 
 @router.post(
@@ -283,25 +259,21 @@ async def post_campaign_event(request: Request, caller: Authenticated) -> Respon
     responses=RESPONSES,
     openapi_extra=request_body((JSON, inline_schema(BatchInput))),
 )
-async def post_batch(request: Request, caller: Authenticated) -> Response:
+async def post_batch(
+    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+) -> Response:
     """1–500 form submissions and campaign events, each with its `type`. All or nothing:
     one invalid item and none is published."""
     now = utcnow()
     if not is_json(media_type(request)):
         raise unsupported([JSON])
     try:
-        ctx = context(caller.settings.currency, now)
+        ctx = context(settings.currency, now, settings.clock_skew)
         batch = BatchInput.model_validate_json(await request.body(), context=ctx)
     except ValidationError as exc:
         problem = problem_for(exc)
         if problem.status == 400:
             raise problem from None
         items, rest = item_errors(exc.errors(include_url=False, include_context=False, include_input=False))
-        raise Problem(
-            422,
-            "The batch has invalid items; nothing was published.",
-            title="Validation failed",
-            items=items,
-            errors=rest,
-        ) from None
-    return accepted(await accept(batch.batch, caller, now))
+        raise invalid_fields(rest, "The batch has invalid items; nothing was published.", items=items) from None
+    return accepted(await accept(batch.batch, key=key, settings=settings, producer=producer, limiter=limiter, now=now))

@@ -11,7 +11,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -19,18 +19,15 @@ from urllib.parse import urlsplit
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from shared.events import CampaignEvent, Envelope, FormSubmission, Money, Text, Utm, normalise_email
+from shared.errors import InvalidField
+from shared.events import CampaignEvent, CurrencyCode, Envelope, FormSubmission, Money, Text, Utm, normalise_email
 from shared.http import field_path
+from shared.rules import CLOCK_SKEW, EARLIEST_OCCURRED_AT, check_currency
 from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic
 
 SOURCE = "ingest"
 MAX_BATCH_ITEMS = 500
 MAX_FORM_FIELDS = 50
-# A client clock may run a little fast; beyond this, "occurred in the future" is a bug.
-FUTURE_TOLERANCE = timedelta(minutes=5)
-# Earlier times come from unset clocks, zero timestamps or typos ("0202-03-01"); accepted,
-# they would skew cohorts and sales-cycle lengths for good (events are never rewritten).
-EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 CENT = Decimal("0.01")
 
 # Pragmatic, not RFC 5322: one @, something before it, a dotted domain after it, no
@@ -45,9 +42,9 @@ def is_valid_email(email: str) -> bool:
     return len(email) <= MAX_EMAIL_LENGTH and _EMAIL.fullmatch(email) is not None
 
 
-def context(currency: str, now: datetime) -> dict[str, Any]:
+def context(currency: str, now: datetime, clock_skew: timedelta = CLOCK_SKEW) -> dict[str, Any]:
     """Validation context for the input models."""
-    return {"currency": currency, "now": now}
+    return {"currency": currency, "now": now, "clock_skew": clock_skew}
 
 
 # --- input ------------------------------------------------------------------------------
@@ -68,11 +65,12 @@ class EventInput(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _plausible_time(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        if value is not None and value > info.context["now"] + FUTURE_TOLERANCE:
+        skew: timedelta = info.context["clock_skew"]
+        if value is not None and value > info.context["now"] + skew:
             raise PydanticCustomError(
                 "future_timestamp",
-                "occurred_at lies more than {minutes} minutes in the future",
-                {"minutes": int(FUTURE_TOLERANCE.total_seconds() // 60)},
+                "occurred_at lies more than {seconds} seconds in the future",
+                {"seconds": int(skew.total_seconds())},
             )
         if value is not None and value < EARLIEST_OCCURRED_AT:
             earliest = EARLIEST_OCCURRED_AT.isoformat()
@@ -104,19 +102,15 @@ class FormSubmissionInput(EventInput):
 class CostInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     amount: Decimal = Field(ge=0, max_digits=18, decimal_places=2, allow_inf_nan=False)
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
+    currency: CurrencyCode
 
     @field_validator("currency")
     @classmethod
     def _configured_currency(cls, value: str, info: ValidationInfo) -> str:
-        expected = info.context["currency"]
-        if value != expected:
-            raise PydanticCustomError(
-                "currency_mismatch",
-                "currency must be {expected}: this Embudo reports in {expected} and never converts amounts",
-                {"expected": expected},
-            )
-        return value
+        try:
+            return check_currency(value, info.context["currency"])
+        except InvalidField as refused:
+            raise PydanticCustomError("currency_mismatch", "{message}", {"message": refused.message}) from None
 
 
 class CampaignEventInput(EventInput):

@@ -9,25 +9,19 @@ from shared.app import ServiceSpec, create_app
 
 from .api import router
 from .domain import RateLimiter
-from .handlers import HANDLERS
 from .settings import IngestSettings
 
 
 def build_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     settings.require("write_keys")  # outside EMBUDO_ENV=dev there is no default key
-    app = create_app(
-        ServiceSpec(name="ingest", settings=settings, routers=[router], migrations=None, handlers=HANDLERS)
-    )
-    # Parsed once here, not on every request.
-    app.state.write_keys = settings.write_key_list
-    app.state.redirect_hosts = settings.redirect_hosts
+    app = create_app(ServiceSpec(name="ingest", settings=settings, routers=[router]))
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    if settings.cors_origin_list:
+    if settings.cors_origins:
         # Outermost, so a browser's preflight is answered before anything else runs.
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origin_list,
+            allow_origins=settings.cors_origins,
             allow_methods=["POST"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,

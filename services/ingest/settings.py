@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from typing import Annotated
 
-from shared.settings import DEV_WRITE_KEY, ServiceSettings, split_csv
+from fastapi import Depends
+from pydantic import AfterValidator, BeforeValidator, model_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import DEV_WRITE_KEY, CsvList, ServiceSettings, current_settings, split_csv
+
+# Host names compare case-insensitively: kept lowercased, as a set.
+HostSet = Annotated[
+    frozenset[str],
+    NoDecode,
+    BeforeValidator(split_csv),
+    AfterValidator(lambda hosts: frozenset(h.lower() for h in hosts)),
+]
 
 
 class IngestSettings(ServiceSettings):
-    port: int = 8001
-    # Comma-separated write keys; websites embed them, so they only allow writing events.
-    write_keys: str = ""
+    # Write keys, comma-separated; websites embed them, so they only allow writing events.
+    write_keys: CsvList = []
     # Hosts an HTML form's `redirect` may send the visitor to (exact host names).
-    allowed_redirect_hosts: str = ""
+    allowed_redirect_hosts: HostSet = frozenset()
     # Origins whose pages may POST from the browser ("*" for any).
-    cors_origins: str = ""
+    cors_origins: CsvList = []
     # Token bucket per write key, counted in events (a batch of 100 costs 100).
-    # Generous by default: the limit is there to stop one runaway key, not normal traffic
-    # (one process handles ~20k events/s). 0 turns the limit off.
+    # Generous by default: the limit is there to stop one runaway key, not normal traffic.
+    # 0 turns the limit off.
     rate_limit_per_second: float = 25_000.0
     rate_limit_burst: float = 50_000.0
     # Largest event, measured as the JSON published to Kafka.
@@ -28,17 +39,8 @@ class IngestSettings(ServiceSettings):
     @model_validator(mode="after")
     def _dev_write_key(self) -> IngestSettings:
         if not self.write_keys and self.env == "dev":
-            self.write_keys = DEV_WRITE_KEY
+            self.write_keys = [DEV_WRITE_KEY]
         return self
 
-    @property
-    def write_key_list(self) -> list[str]:
-        return split_csv(self.write_keys)
 
-    @property
-    def redirect_hosts(self) -> frozenset[str]:
-        return frozenset(host.lower() for host in split_csv(self.allowed_redirect_hosts))
-
-    @property
-    def cors_origin_list(self) -> list[str]:
-        return split_csv(self.cors_origins)
+Settings = Annotated[IngestSettings, Depends(current_settings)]

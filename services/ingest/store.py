@@ -1,5 +1,4 @@
-"""Ingest keeps no database: its only store is Kafka. Events are published directly
-(no outbox) and a request is answered only once the broker acknowledged all of them."""
+"""Publishing to Kafka: ingest's only store."""
 
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from shared.events import Attribution, FormSubmission, LeadStage, Touch, UtcDatetime
+from shared.errors import Conflict, InvalidField
+from shared.events import Attribution, FormSubmission, Touch, UtcDatetime
+from shared.rules import LeadStage
 
 # --- submissions, profile, attribution -------------------------------------------------
 
@@ -225,7 +227,7 @@ def score(summary: LeadSummary, rules: ScoringRules) -> int:
 
 
 @dataclass(frozen=True)
-class LeadFacts:
+class ScoredLead:
     """What a lead's submissions say about it, under the current scoring rules."""
 
     summary: LeadSummary
@@ -248,13 +250,12 @@ class LeadFacts:
         return self.summary.touch_count
 
 
-def lead_facts(summary: LeadSummary, rules: ScoringRules) -> LeadFacts:
-    return LeadFacts(summary=summary, score=score(summary, rules))
+def scored(summary: LeadSummary, rules: ScoringRules) -> ScoredLead:
+    return ScoredLead(summary=summary, score=score(summary, rules))
 
 
 # --- lifecycle -------------------------------------------------------------------------
 
-STAGES: tuple[LeadStage, ...] = ("lead", "mql", "sql", "disqualified")
 # Forward moves may skip a stage; disqualified only before sql; recycling only back to lead.
 ALLOWED_MOVES: frozenset[tuple[str, str]] = frozenset(
     {
@@ -269,22 +270,31 @@ ALLOWED_MOVES: frozenset[tuple[str, str]] = frozenset(
 THRESHOLD_REASON = "score threshold"
 
 
-class MoveRefused(Exception):
-    """The lifecycle does not allow this stage change (HTTP 409)."""
+class MoveRefused(Conflict):
+    """The lifecycle does not allow this stage change."""
+
+    title = "Stage change not allowed"
+
+    def __init__(self, detail: str, *, stage: str) -> None:
+        super().__init__(detail, stage=stage)
 
 
-class InvalidStageTime(ValueError):
-    """A stage change's occurred_at cannot be right (HTTP 422)."""
+class InvalidStageTime(InvalidField):
+    """A stage change's occurred_at cannot be right."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("occurred_at", message)
 
 
-def check_move(current: str, target: str) -> None:
+def check_move(current: LeadStage, target: LeadStage) -> None:
     if current == target:
-        raise MoveRefused(f"the lead is already in stage '{current}'")
+        raise MoveRefused(f"the lead is already in stage '{current}'", stage=current)
     if (current, target) not in ALLOWED_MOVES:
         allowed = sorted(to for frm, to in ALLOWED_MOVES if frm == current)
         raise MoveRefused(
             f"a lead cannot move from '{current}' to '{target}'"
-            f" (from '{current}' it may go to: {', '.join(allowed) or 'nowhere'})"
+            f" (from '{current}' it may go to: {', '.join(allowed) or 'nowhere'})",
+            stage=current,
         )
 
 

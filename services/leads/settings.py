@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from fastapi import Depends
 from pydantic import Field, field_validator
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, current_settings
 
 from .domain import ScoringRules
 
@@ -15,13 +17,10 @@ DEFAULT_SCORING_CONFIG = Path(__file__).parent / "scoring.yaml"
 
 
 class LeadsSettings(ServiceSettings):
-    port: int = 8002
     # EMBUDO_SCORING_CONFIG: the YAML file with the scoring rules.
     scoring_config: Path = DEFAULT_SCORING_CONFIG
     # EMBUDO_MQL_THRESHOLD: score at which a lead moves to mql by itself; unset = never.
     mql_threshold: int | None = Field(default=None, ge=0)
-    # How far ahead of our clock a client's occurred_at may be before it is "in the future".
-    clock_skew_seconds: float = 60.0
 
     @field_validator("mql_threshold", mode="before")
     @classmethod
@@ -36,3 +35,6 @@ def load_scoring_rules(path: Path) -> ScoringRules:
         return ScoringRules.model_validate(raw)
     except (OSError, yaml.YAMLError, ValueError) as exc:
         raise SystemExit(f"invalid scoring config {path}: {exc}") from exc
+
+
+Settings = Annotated[LeadsSettings, Depends(current_settings)]

@@ -10,7 +10,7 @@ import asyncpg
 
 from shared.events import Touch
 
-from .domain import LeadFacts, Submission
+from .domain import ScoredLead, Submission
 
 TOUCH_COLUMNS = "occurred_at, form_id, campaign_id, channel, source, term, content, page_url"
 
@@ -26,13 +26,13 @@ async def insert_lead(conn: asyncpg.Connection, email: str, first: Submission, r
     touch = first.touch.model_dump(mode="json")
     return await conn.fetchrow(
         """WITH lead AS (
-               INSERT INTO leads (id, email, created_at, first_touch, last_touch)
+               INSERT INTO leads (lead_id, email, created_at, first_touch, last_touch)
                VALUES ($1, $2, $3, $4, $4)
                ON CONFLICT (email) DO NOTHING
                RETURNING *
            ), creation AS (
                INSERT INTO stage_history (lead_id, from_stage, to_stage, reason, occurred_at)
-               SELECT id, NULL, stage, $5, created_at FROM lead
+               SELECT lead_id, NULL, stage, $5, created_at FROM lead
            )
            SELECT * FROM lead""",
         uuid.uuid4(),
@@ -46,7 +46,7 @@ async def insert_lead(conn: asyncpg.Connection, email: str, first: Submission, r
 async def lock_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> asyncpg.Record | None:
     """The lead, row-locked until the transaction ends: touches and stage changes of one
     lead take turns, so their outbox rows are written in the order they happened."""
-    return await conn.fetchrow("SELECT * FROM leads WHERE id = $1 FOR UPDATE", lead_id)
+    return await conn.fetchrow("SELECT * FROM leads WHERE lead_id = $1 FOR UPDATE", lead_id)
 
 
 async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submission) -> None:
@@ -73,24 +73,6 @@ async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submissio
 
 def touch_of(row: asyncpg.Record) -> Touch:
     return Touch(**{c.strip(): row[c.strip()] for c in TOUCH_COLUMNS.split(",")})
-
-
-async def lead_submissions(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[Submission]:
-    rows = await conn.fetch(
-        f"SELECT event_id, {TOUCH_COLUMNS}, name, company, phone, fields FROM touches WHERE lead_id = $1",
-        lead_id,
-    )
-    return [
-        Submission(
-            event_id=r["event_id"],
-            touch=touch_of(r),
-            name=r["name"],
-            company=r["company"],
-            phone=r["phone"],
-            fields=r["fields"],
-        )
-        for r in rows
-    ]
 
 
 async def touch_page(
@@ -120,14 +102,14 @@ async def latest_touches(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: in
     return [touch_of(r) for r in reversed(rows)]
 
 
-async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: LeadFacts) -> asyncpg.Record:
+async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: ScoredLead) -> asyncpg.Record:
     """Store what the submissions say; the creation row of the history follows created_at."""
     return await conn.fetchrow(
         """WITH lead AS (
                UPDATE leads SET created_at = $2, name = $3, company = $4, phone = $5, fields = $6,
                       score = $7, first_touch = $8, last_touch = $9, touch_count = $10, summary = $11,
                       updated_at = now()
-               WHERE id = $1
+               WHERE lead_id = $1
                RETURNING *
            ), creation AS (
                UPDATE stage_history SET occurred_at = $2
@@ -166,7 +148,7 @@ async def set_stage(
         occurred_at,
     )
     return await conn.fetchrow(
-        "UPDATE leads SET stage = $2, updated_at = now() WHERE id = $1 RETURNING *", lead_id, to_stage
+        "UPDATE leads SET stage = $2, updated_at = now() WHERE lead_id = $1 RETURNING *", lead_id, to_stage
     )
 
 
@@ -183,7 +165,7 @@ async def stage_history(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[as
 
 
 async def get_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM leads WHERE id = $1", lead_id)
+    return await conn.fetchrow("SELECT * FROM leads WHERE lead_id = $1", lead_id)
 
 
 @dataclass(frozen=True)
@@ -200,7 +182,7 @@ class LeadFilter:
 async def list_leads(
     conn: asyncpg.Connection, where: LeadFilter, after: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> list[asyncpg.Record]:
-    """One page in (created_at, id) order, starting after the keyset cursor `after`."""
+    """One page in (created_at, lead_id) order, starting after the keyset cursor `after`."""
     conditions: list[str] = []
     args: list[object] = []
 
@@ -222,9 +204,9 @@ async def list_leads(
     if where.created_to is not None:
         conditions.append(f"created_at < {arg(where.created_to)}")
     if after is not None:
-        conditions.append(f"(created_at, id) > ({arg(after[0])}, {arg(after[1])})")
+        conditions.append(f"(created_at, lead_id) > ({arg(after[0])}, {arg(after[1])})")
     sql = "SELECT * FROM leads"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
-    sql += f" ORDER BY created_at, id LIMIT {arg(limit)}"
+    sql += f" ORDER BY created_at, lead_id LIMIT {arg(limit)}"
     return await conn.fetch(sql, *args)

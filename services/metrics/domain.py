@@ -10,24 +10,17 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
+from shared.errors import InvalidField
+
 AttributionModel = Literal["first_touch", "last_touch"]
 Interval = Literal["day", "week", "month"]
 BreakdownBy = Literal["campaign", "channel"]
 
 DEFAULT_PERIOD = timedelta(days=30)
 
-# How far a lead got. Reaching a later stage counts as reaching every earlier one, and
-# `disqualified` reaches nothing further (a recycled lead climbs again from `lead`).
-STAGE_RANK = {"lead": 0, "disqualified": 0, "mql": 1, "sql": 2}
 
-
-class InvalidQuery(ValueError):
-    """A query parameter that cannot be served; `field` names it for the 422 answer."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+class InvalidQuery(InvalidField):
+    """A query parameter that cannot be served; `field` names it."""
 
 
 def parse_instant(text: str, field: str) -> datetime:

@@ -10,9 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from weakref import WeakKeyDictionary
 
-from services.metrics import store
-from services.metrics.domain import STAGE_RANK
-from services.metrics.store import CampaignFacts, DealFacts, LeadFacts, ProjectionBatch, RevenueFacts
+from shared.consumer import Handlers
 from shared.events import (
     CampaignEvent,
     CustomerRevenueRecorded,
@@ -26,7 +24,11 @@ from shared.events import (
     LeadStageChanged,
     LeadTouched,
 )
+from shared.rules import LEAD_STAGE_RANK
 from shared.uow import UnitOfWork
+
+from . import store
+from .store import CampaignFacts, DealFacts, LeadFacts, ProjectionBatch, RevenueFacts
 
 _batches: WeakKeyDictionary[UnitOfWork, ProjectionBatch] = WeakKeyDictionary()
 
@@ -41,8 +43,8 @@ def batch_of(event: Envelope, uow: UnitOfWork) -> ProjectionBatch:
     return batch
 
 
-async def on_campaign_event(event: Envelope, uow: UnitOfWork) -> None:
-    data: CampaignEvent = event.data
+async def on_campaign_event(event: Envelope[CampaignEvent], uow: UnitOfWork) -> None:
+    data = event.data
     batch_of(event, uow).campaign.append(CampaignFacts(
         event.event_id,
         event.occurred_at,  # campaign events have no time of their own in `data`
@@ -55,27 +57,27 @@ async def on_campaign_event(event: Envelope, uow: UnitOfWork) -> None:
     ))  # fmt: skip
 
 
-async def on_lead_created(event: Envelope, uow: UnitOfWork) -> None:
-    data: LeadCreated = event.data
-    lead = LeadFacts(data.lead_id, data.attribution, data.created_at, STAGE_RANK[data.stage])
+async def on_lead_created(event: Envelope[LeadCreated], uow: UnitOfWork) -> None:
+    data = event.data
+    lead = LeadFacts(data.lead_id, data.attribution, data.created_at, LEAD_STAGE_RANK[data.stage])
     batch_of(event, uow).leads.append(lead)
 
 
-async def on_lead_touched(event: Envelope, uow: UnitOfWork) -> None:
+async def on_lead_touched(event: Envelope[LeadTouched], uow: UnitOfWork) -> None:
     # A late, older submission may move created_at and the first touch back: merged as such.
-    data: LeadTouched = event.data
+    data = event.data
     batch_of(event, uow).leads.append(LeadFacts(data.lead_id, data.attribution, data.created_at))
 
 
-async def on_lead_stage_changed(event: Envelope, uow: UnitOfWork) -> None:
-    data: LeadStageChanged = event.data
-    lead = LeadFacts(data.lead_id, data.attribution, data.created_at, STAGE_RANK[data.to_stage])
+async def on_lead_stage_changed(event: Envelope[LeadStageChanged], uow: UnitOfWork) -> None:
+    data = event.data
+    lead = LeadFacts(data.lead_id, data.attribution, data.created_at, LEAD_STAGE_RANK[data.to_stage])
     batch_of(event, uow).leads.append(lead)
 
 
-def _deal(event: Envelope, uow: UnitOfWork, deal: DealFacts, won_at=None) -> None:
+def _deal(event: Envelope[DealEventData], uow: UnitOfWork, deal: DealFacts, won_at=None) -> None:
     """Every deal event makes its lead an opportunity; the lead's row may not exist yet."""
-    data: DealEventData = event.data
+    data = event.data
     batch = batch_of(event, uow)
     batch.leads.append(
         LeadFacts(data.lead_id, data.attribution, data.lead_created_at, has_deal=True, first_won_at=won_at)
@@ -83,32 +85,32 @@ def _deal(event: Envelope, uow: UnitOfWork, deal: DealFacts, won_at=None) -> Non
     batch.deals.append(deal)
 
 
-async def on_deal_created(event: Envelope, uow: UnitOfWork) -> None:
-    data: DealCreated = event.data
+async def on_deal_created(event: Envelope[DealCreated], uow: UnitOfWork) -> None:
+    data = event.data
     _deal(event, uow, DealFacts(data.deal_id, data.lead_id, created_at=data.created_at))
 
 
-async def on_deal_stage_changed(event: Envelope, uow: UnitOfWork) -> None:
-    data: DealStageChanged = event.data
+async def on_deal_stage_changed(event: Envelope[DealStageChanged], uow: UnitOfWork) -> None:
+    data = event.data
     _deal(event, uow, DealFacts(data.deal_id, data.lead_id))
 
 
-async def on_deal_won(event: Envelope, uow: UnitOfWork) -> None:
-    data: DealWon = event.data
+async def on_deal_won(event: Envelope[DealWon], uow: UnitOfWork) -> None:
+    data = event.data
     deal = DealFacts(data.deal_id, data.lead_id, won_at=data.occurred_at, won_amount=data.amount,
                      currency=data.currency)  # fmt: skip
     _deal(event, uow, deal, won_at=data.occurred_at)
 
 
-async def on_deal_lost(event: Envelope, uow: UnitOfWork) -> None:
-    data: DealLost = event.data
+async def on_deal_lost(event: Envelope[DealLost], uow: UnitOfWork) -> None:
+    data = event.data
     deal = DealFacts(data.deal_id, data.lead_id, lost_at=data.occurred_at, lost_reason=data.reason,
                      objections=data.objections)  # fmt: skip
     _deal(event, uow, deal)
 
 
-async def on_revenue_recorded(event: Envelope, uow: UnitOfWork) -> None:
-    data: CustomerRevenueRecorded = event.data
+async def on_revenue_recorded(event: Envelope[CustomerRevenueRecorded], uow: UnitOfWork) -> None:
+    data = event.data
     batch = batch_of(event, uow)
     batch.leads.append(LeadFacts(data.lead_id, data.attribution))
     batch.revenue.append(
@@ -116,14 +118,14 @@ async def on_revenue_recorded(event: Envelope, uow: UnitOfWork) -> None:
     )
 
 
-HANDLERS = {
-    "campaign_event": on_campaign_event,
-    "lead.created": on_lead_created,
-    "lead.touched": on_lead_touched,
-    "lead.stage_changed": on_lead_stage_changed,
-    "deal.created": on_deal_created,
-    "deal.stage_changed": on_deal_stage_changed,
-    "deal.won": on_deal_won,
-    "deal.lost": on_deal_lost,
-    "customer.revenue_recorded": on_revenue_recorded,
+HANDLERS: Handlers = {
+    CampaignEvent: on_campaign_event,
+    LeadCreated: on_lead_created,
+    LeadTouched: on_lead_touched,
+    LeadStageChanged: on_lead_stage_changed,
+    DealCreated: on_deal_created,
+    DealStageChanged: on_deal_stage_changed,
+    DealWon: on_deal_won,
+    DealLost: on_deal_lost,
+    CustomerRevenueRecorded: on_revenue_recorded,
 }

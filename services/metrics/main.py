@@ -9,11 +9,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.metrics.api import install_dashboard, router
-from services.metrics.handlers import HANDLERS
-from services.metrics.settings import MetricsSettings
 from shared.app import ServiceSpec, create_app
 from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, LEAD_EVENTS
+
+from .api import install_dashboard, router
+from .handlers import HANDLERS
+from .settings import MetricsSettings
 
 
 def build_app(settings: MetricsSettings | None = None) -> FastAPI:
@@ -27,6 +28,6 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
             migrations=Path(__file__).parent / "migrations",
             consumes=[CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS],
             handlers=HANDLERS,
-            extra_routes=install_dashboard,
+            extra_routes=lambda app: install_dashboard(app, settings),
         )
     )

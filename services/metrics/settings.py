@@ -1,6 +1,12 @@
+"""EMBUDO_* settings of the metrics service."""
+
 from __future__ import annotations
 
-from shared.settings import ServiceSettings
+from typing import Annotated
+
+from fastapi import Depends
+
+from shared.settings import ServiceSettings, current_settings
 
 
 class MetricsSettings(ServiceSettings):
@@ -9,3 +15,6 @@ class MetricsSettings(ServiceSettings):
     dashboard_poll_seconds: float = 5.0
     # Upper bound on /v1/kpis/timeseries buckets: each bucket is a full KPI computation.
     max_timeseries_buckets: int = 366
+
+
+Settings = Annotated[MetricsSettings, Depends(current_settings)]

@@ -24,8 +24,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.metrics.domain import AttributionModel, BreakdownBy, Filters, Period, RawAggregates, cut_hours
 from shared.events import Attribution
+
+from .domain import AttributionModel, BreakdownBy, Filters, Period, RawAggregates, cut_hours
 
 # --- writes ---------------------------------------------------------------------------
 

@@ -1,1 +1,1 @@
-"""The sales service: deals from qualified leads to won revenue (issue 5)."""
+"""The sales service: deals from qualified leads to won revenue."""

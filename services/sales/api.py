@@ -2,64 +2,32 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
-from shared.events import (
-    Amount,
-    CustomerRevenueRecorded,
-    DealLost,
-    DealStage,
-    DealStageChanged,
-    DealWon,
-    Text,
-    utcnow,
-)
-from shared.http import Problem, problem_response, require_api_token
-from shared.topics import DEAL_EVENTS
-from shared.uow import UnitOfWork, unit_of_work
+from shared.errors import InvalidField
+from shared.events import Amount, CurrencyCode, Text, UtcDatetime
+from shared.http import require_api_token
+from shared.pagination import Page, decode_cursor, page_of
+from shared.rules import CLOSED_DEAL_STAGES, DealStage, OpenDealStage, RevenueKind, check_currency
 
-from . import store
-from .domain import (
-    CLOSED_STAGES,
-    DealClosed,
-    InvalidField,
-    OpenStage,
-    check_currency,
-    deal_envelope,
-    effective_time,
-    ensure_open,
-    money,
-    plan_stage_move,
-    probability,
-)
-from .handlers import open_deal
-from .settings import SalesSettings
+from . import service
+from .domain import probability
+from .settings import SalesSettings, Settings
 
 router = APIRouter(prefix="/v1", tags=["sales"], dependencies=[Depends(require_api_token)])
-
-
-def _settings(request: Request) -> SalesSettings:
-    return request.app.state.settings
-
-
-Settings = Annotated[SalesSettings, Depends(_settings)]
 
 # --- request bodies ---------------------------------------------------------------------
 
 # > 0, exact, at most 2 decimals ("12.50" or 12.5; never stored as a float).
 PositiveAmount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)]
-Currency = Annotated[str, Field(min_length=1, max_length=10)]
 
 
 class Body(BaseModel):
@@ -71,7 +39,7 @@ class HasOpenStage(Body):
     @field_validator("stage", mode="before", check_fields=False)
     @classmethod
     def _closing_has_its_own_endpoint(cls, value: object) -> object:
-        if value in CLOSED_STAGES:
+        if value in CLOSED_DEAL_STAGES:
             raise ValueError(f"'{value}' closes a deal: use POST /v1/deals/{{deal_id}}/{value}")
         return value
 
@@ -80,36 +48,36 @@ class NewDeal(HasOpenStage):
     lead_id: uuid.UUID
     name: Text | None = Field(default=None, min_length=1, max_length=200)
     amount: PositiveAmount | None = None
-    currency: Currency | None = None
-    stage: OpenStage = "qualification"
-    occurred_at: AwareDatetime | None = None
+    currency: CurrencyCode | None = None
+    stage: OpenDealStage = "qualification"
+    occurred_at: UtcDatetime | None = None
 
 
 class DealChanges(HasOpenStage):
-    stage: OpenStage | None = None
+    stage: OpenDealStage | None = None
     amount: PositiveAmount | None = None
-    currency: Currency | None = None
+    currency: CurrencyCode | None = None
     expected_close_date: date | None = None
-    occurred_at: AwareDatetime | None = None  # when the stage moved
+    occurred_at: UtcDatetime | None = None  # when the stage moved
 
 
 class Win(Body):
     amount: PositiveAmount
-    currency: Currency | None = None
-    occurred_at: AwareDatetime | None = None
+    currency: CurrencyCode | None = None
+    occurred_at: UtcDatetime | None = None
 
 
 class Loss(Body):
     reason: Text = Field(min_length=1, max_length=500)
     objections: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=50)
-    occurred_at: AwareDatetime | None = None
+    occurred_at: UtcDatetime | None = None
 
 
 class NewRevenue(Body):
     amount: PositiveAmount
-    currency: Currency | None = None
-    kind: Literal["purchase", "renewal", "upsell"]
-    occurred_at: AwareDatetime | None = None
+    currency: CurrencyCode | None = None
+    kind: RevenueKind
+    occurred_at: UtcDatetime | None = None
     event_id: uuid.UUID | None = None  # idempotency key: the same one twice records once
 
 
@@ -145,9 +113,8 @@ class DealDetail(DealOut):
     history: list[StageEntry]
 
 
-class DealPage(BaseModel):
-    items: list[DealOut]
-    next_cursor: str | None
+class DealPage(Page[DealOut]):
+    pass
 
 
 class RevenueOut(BaseModel):
@@ -177,74 +144,9 @@ def deal_out(row: asyncpg.Record, settings: SalesSettings) -> DealOut:
     )
 
 
-async def deal_detail(conn: asyncpg.Connection, deal_id: uuid.UUID, settings: SalesSettings) -> DealDetail:
-    row = await store.get_deal(conn, deal_id)
-    if row is None:
-        raise Problem(404, f"There is no deal {deal_id}.")
-    history = [StageEntry(**dict(h)) for h in await store.stage_history(conn, deal_id)]
-    return DealDetail(**deal_out(row, settings).model_dump(), history=history)
-
-
-# --- rule violations as problems --------------------------------------------------------
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InvalidField)
-    async def _invalid(_: Request, exc: InvalidField) -> JSONResponse:
-        return problem_response(
-            422,
-            exc.message,
-            title="Validation failed",
-            errors=[{"field": exc.field, "message": exc.message, "type": "value_error"}],
-        )
-
-    @app.exception_handler(DealClosed)
-    async def _closed(_: Request, exc: DealClosed) -> JSONResponse:
-        return problem_response(409, str(exc), title="Deal closed")
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
-
-
-_MAX_SEQ = 2**63 - 1  # deals.seq is a bigserial
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        prefix, _, seq = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if prefix == "seq" and seq.isdigit() and int(seq) <= _MAX_SEQ:
-            return int(seq)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InvalidField("cursor", "cursor is not one this API returned")
-
-
-def _skew(settings: SalesSettings) -> timedelta:
-    return timedelta(seconds=settings.clock_skew_seconds)
-
-
-async def _deal_for_change(uow: UnitOfWork, deal_id: uuid.UUID) -> asyncpg.Record:
-    deal = await store.get_deal(uow.conn, deal_id, for_update=True)
-    if deal is None:
-        raise Problem(404, f"There is no deal {deal_id}.")
-    return deal
-
-
-def _change_time(occurred_at: datetime | None, deal: asyncpg.Record, settings: SalesSettings) -> datetime:
-    """A deal's history stays in time order: a change is not before the previous one."""
-    first = deal["stage_entered_at"] == deal["created_at"]
-    return effective_time(
-        occurred_at,
-        now=utcnow(),
-        not_before=deal["stage_entered_at"],
-        skew=_skew(settings),
-        not_before_what="the deal's created_at" if first else "the deal's last stage change",
-    )
-
-
-async def _lead_facts(uow: UnitOfWork, lead_id: uuid.UUID):
-    return store.lead_facts(await store.get_lead(uow.conn, lead_id))
+def deal_detail(view: service.DealView, settings: SalesSettings) -> DealDetail:
+    history = [StageEntry(**dict(h)) for h in view.history]
+    return DealDetail(**deal_out(view.deal, settings).model_dump(), history=history)
 
 
 # --- deals ------------------------------------------------------------------------------
@@ -258,49 +160,35 @@ async def list_deals(
     lead_id: uuid.UUID | None = None,
     campaign_id: Annotated[Text | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
 ) -> DealPage:
-    before = decode_cursor(cursor) if cursor else None
-    async with pool.acquire() as conn:
-        rows = await store.list_deals(
-            conn, stage=stage, lead_id=lead_id, campaign_id=campaign_id, before_seq=before, limit=limit + 1
-        )
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+    """Deals oldest first, in the order sales recorded them."""
+    after = decode_cursor(cursor, int)[0] if cursor else None
+    rows = await service.list_deals(
+        pool, stage=stage, lead_id=lead_id, campaign_id=campaign_id, after_seq=after, limit=limit + 1
+    )
+    page, next_cursor = page_of(rows, limit, lambda r: (r["seq"],))
     return DealPage(items=[deal_out(r, settings) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/deals/{deal_id}", response_model=DealDetail)
 async def get_deal(deal_id: uuid.UUID, pool: DbPool, settings: Settings) -> DealDetail:
-    async with pool.acquire() as conn:
-        return await deal_detail(conn, deal_id, settings)
+    return deal_detail(await service.deal_view(pool, deal_id), settings)
 
 
 @router.post("/deals", response_model=DealDetail, status_code=201)
 async def create_deal(body: NewDeal, pool: DbPool, settings: Settings) -> DealDetail:
-    currency = check_currency(body.currency, settings.currency)
-    async with unit_of_work(pool) as uow:
-        lead = await store.get_lead(uow.conn, body.lead_id)
-        if lead is None:
-            raise Problem(404, f"Sales knows no lead {body.lead_id} (yet): leads arrive through lead events.")
-        facts = store.lead_facts(lead)
-        created_at = effective_time(
-            body.occurred_at,
-            now=utcnow(),
-            not_before=facts.created_at,
-            not_before_what="the lead's created_at",
-            skew=_skew(settings),
-        )
-        deal = await open_deal(
-            uow,
-            facts,
-            stage=body.stage,
-            created_at=created_at,
-            currency=currency,
-            name=body.name,
-            amount=money(body.amount) if body.amount is not None else None,
-        )
-        return await deal_detail(uow.conn, deal["deal_id"], settings)
+    view = await service.create_deal(
+        pool,
+        lead_id=body.lead_id,
+        stage=body.stage,
+        currency=check_currency(body.currency, settings.currency),
+        name=body.name,
+        amount=body.amount,
+        occurred_at=body.occurred_at,
+        clock_skew=settings.clock_skew,
+    )
+    return deal_detail(view, settings)
 
 
 @router.patch("/deals/{deal_id}", response_model=DealDetail)
@@ -309,135 +197,76 @@ async def change_deal(deal_id: uuid.UUID, body: DealChanges, pool: DbPool, setti
         raise InvalidField("stage", "nothing to change: give stage, amount, currency or expected_close_date")
     if body.currency is not None:
         check_currency(body.currency, settings.currency)
-    async with unit_of_work(pool) as uow:
-        deal = await _deal_for_change(uow, deal_id)
-        move = plan_stage_move(deal["stage"], body.stage)  # closed deals: 409
-        await store.update_details(
-            uow.conn,
-            deal_id,
-            amount=money(body.amount) if body.amount is not None else None,
-            expected_close_date=body.expected_close_date,
-        )
-        if move is not None:
-            at = _change_time(body.occurred_at, deal, settings)
-            await store.change_stage(uow.conn, deal_id, move.from_stage, move.to_stage, at)
-            lead = await _lead_facts(uow, deal["lead_id"])
-            changed = DealStageChanged(
-                **lead.deal_fields(deal_id),
-                from_stage=move.from_stage,
-                to_stage=move.to_stage,
-                probability=probability(move.to_stage, settings.stage_probabilities),
-                occurred_at=at,
-            )
-            await uow.publish(DEAL_EVENTS, deal_envelope(changed, lead_id=lead.lead_id, occurred_at=at))
-        return await deal_detail(uow.conn, deal_id, settings)
+    view = await service.change_deal(
+        pool,
+        deal_id,
+        stage=body.stage,
+        amount=body.amount,
+        expected_close_date=body.expected_close_date,
+        occurred_at=body.occurred_at,
+        stage_probabilities=settings.stage_probabilities,
+        clock_skew=settings.clock_skew,
+    )
+    return deal_detail(view, settings)
 
 
 @router.post("/deals/{deal_id}/won", response_model=DealDetail)
 async def win_deal(deal_id: uuid.UUID, body: Win, pool: DbPool, settings: Settings) -> DealDetail:
     currency = check_currency(body.currency, settings.currency)
-    amount = money(body.amount)
-    async with unit_of_work(pool) as uow:
-        deal = await _deal_for_change(uow, deal_id)
-        ensure_open(deal["stage"])
-        at = _change_time(body.occurred_at, deal, settings)
-        await store.close_won(uow.conn, deal_id, deal["stage"], amount, at)
-        first_win = await store.become_customer(uow.conn, deal["lead_id"], deal_id, at)
-        lead = await _lead_facts(uow, deal["lead_id"])
-        won = DealWon(
-            **lead.deal_fields(deal_id), amount=amount, currency=currency, occurred_at=at, first_win=first_win
-        )
-        await uow.publish(DEAL_EVENTS, deal_envelope(won, lead_id=lead.lead_id, occurred_at=at))
-        return await deal_detail(uow.conn, deal_id, settings)
+    view = await service.win_deal(
+        pool,
+        deal_id,
+        amount=body.amount,
+        currency=currency,
+        occurred_at=body.occurred_at,
+        clock_skew=settings.clock_skew,
+    )
+    return deal_detail(view, settings)
 
 
 @router.post("/deals/{deal_id}/lost", response_model=DealDetail)
 async def lose_deal(deal_id: uuid.UUID, body: Loss, pool: DbPool, settings: Settings) -> DealDetail:
-    async with unit_of_work(pool) as uow:
-        deal = await _deal_for_change(uow, deal_id)
-        ensure_open(deal["stage"])
-        at = _change_time(body.occurred_at, deal, settings)
-        await store.close_lost(uow.conn, deal_id, deal["stage"], body.reason, body.objections, at)
-        lead = await _lead_facts(uow, deal["lead_id"])
-        lost = DealLost(**lead.deal_fields(deal_id), reason=body.reason, objections=body.objections, occurred_at=at)
-        await uow.publish(DEAL_EVENTS, deal_envelope(lost, lead_id=lead.lead_id, occurred_at=at))
-        return await deal_detail(uow.conn, deal_id, settings)
+    view = await service.lose_deal(
+        pool,
+        deal_id,
+        reason=body.reason,
+        objections=body.objections,
+        occurred_at=body.occurred_at,
+        clock_skew=settings.clock_skew,
+    )
+    return deal_detail(view, settings)
 
 
 # --- customers --------------------------------------------------------------------------
-
-
-def _same_revenue(existing: asyncpg.Record, lead_id: uuid.UUID, body: NewRevenue) -> bool:
-    recorded = (existing["lead_id"], existing["amount"], existing["kind"])
-    return recorded == (lead_id, money(body.amount), body.kind)
 
 
 @router.post("/customers/{lead_id}/revenue", response_model=RevenueOut, status_code=201)
 async def record_revenue(
     lead_id: uuid.UUID, body: NewRevenue, pool: DbPool, settings: Settings, response: Response
 ) -> RevenueOut:
-    currency = check_currency(body.currency, settings.currency)
-    revenue_id = body.event_id or uuid.uuid4()
-    async with unit_of_work(pool) as uow:
-        # The customer row is locked so this and a concurrent retry of it queue up.
-        lead = await store.get_lead(uow.conn, lead_id)
-        if lead is None:
-            raise Problem(404, f"Sales knows no lead {lead_id} (yet): leads arrive through lead events.")
-        customer = await store.get_customer(uow.conn, lead_id, for_update=True)
-        existing = await store.get_revenue(uow.conn, revenue_id)
-        if existing is not None:
-            if not _same_revenue(existing, lead_id, body):
-                raise Problem(409, f"event_id {revenue_id} already recorded different revenue.")
-            response.status_code = 200  # a retry: the record as it was made the first time
-            return RevenueOut(**dict(existing))
-        if customer is None:
-            raise Problem(
-                409, f"Lead {lead_id} has no won deal: revenue is recorded for customers only.", title="Not a customer"
-            )
-        at = effective_time(
-            body.occurred_at,
-            now=utcnow(),
-            not_before=customer["customer_since"],
-            not_before_what="the lead became a customer",
-            skew=_skew(settings),
-        )
-        record = await store.insert_revenue(
-            uow.conn,
-            revenue_id=revenue_id,
-            lead_id=lead_id,
-            amount=money(body.amount),
-            currency=currency,
-            kind=body.kind,
-            occurred_at=at,
-        )
-        if record is None:  # the same event_id, recorded meanwhile for another customer
-            raise Problem(409, f"event_id {revenue_id} already recorded different revenue.")
-        facts = store.lead_facts(lead)
-        recorded = CustomerRevenueRecorded(
-            revenue_id=revenue_id,
-            lead_id=lead_id,
-            amount=record["amount"],
-            currency=currency,
-            kind=body.kind,
-            occurred_at=at,
-            attribution=facts.attribution,
-        )
-        await uow.publish(DEAL_EVENTS, deal_envelope(recorded, lead_id=lead_id, occurred_at=at))
-        return RevenueOut(**dict(record))
+    recorded = await service.record_revenue(
+        pool,
+        lead_id,
+        amount=body.amount,
+        currency=check_currency(body.currency, settings.currency),
+        kind=body.kind,
+        occurred_at=body.occurred_at,
+        revenue_id=body.event_id,
+        clock_skew=settings.clock_skew,
+    )
+    if not recorded.new:
+        response.status_code = 200  # a retry: the record as it was made the first time
+    return RevenueOut(**dict(recorded.record))
 
 
 @router.get("/customers/{lead_id}", response_model=CustomerOut)
 async def get_customer(lead_id: uuid.UUID, pool: DbPool, settings: Settings) -> CustomerOut:
-    async with pool.acquire() as conn:
-        customer = await store.get_customer(conn, lead_id)
-        if customer is None:
-            raise Problem(404, f"Lead {lead_id} is not a customer (no won deal).")
-        lead = await store.get_lead(conn, lead_id)
-        return CustomerOut(
-            lead_id=lead_id,
-            email=lead["email"],
-            customer_since=customer["customer_since"],
-            first_deal_id=customer["first_deal_id"],
-            won_deals=[deal_out(r, settings) for r in await store.won_deals(conn, lead_id)],
-            revenue=[RevenueOut(**dict(r)) for r in await store.customer_revenue(conn, lead_id)],
-        )
+    view = await service.customer_view(pool, lead_id)
+    return CustomerOut(
+        lead_id=lead_id,
+        email=view.lead["email"],
+        customer_since=view.customer["customer_since"],
+        first_deal_id=view.customer["first_deal_id"],
+        won_deals=[deal_out(r, settings) for r in view.won_deals],
+        revenue=[RevenueOut(**dict(r)) for r in view.revenue],
+    )

@@ -7,47 +7,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
 
+from shared.errors import Conflict, InvalidField
 from shared.events import Attribution, Envelope, EventData
+from shared.rules import CLOSED_DEAL_STAGES, OPEN_DEAL_STAGES, OpenDealStage
 
-OpenStage = Literal["qualification", "proposal", "negotiation"]
-OPEN_STAGES: tuple[str, ...] = ("qualification", "proposal", "negotiation")
-CLOSED_STAGES: tuple[str, ...] = ("won", "lost")
-HANDOFF_STAGE: OpenStage = "qualification"
+HANDOFF_STAGE: OpenDealStage = "qualification"
 CENT = Decimal("0.01")
 SOURCE = "sales"
 
 
-class InvalidField(ValueError):
-    """Input that is well-formed but breaks a rule: answered with 422 naming the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class DealClosed(Exception):
+class DealClosed(Conflict):
     """Won and lost deals are immutable."""
+
+    title = "Deal closed"
 
     def __init__(self, stage: str) -> None:
         super().__init__(f"The deal is {stage}; closed deals cannot change.")
         self.stage = stage
 
 
+class NotACustomer(Conflict):
+    """Revenue is recorded for customers (leads with a won deal) only."""
+
+    title = "Not a customer"
+
+
 def money(amount: Decimal) -> Decimal:
     """Exact cents. Callers validate at most 2 decimals first, so this never rounds."""
     return amount.quantize(CENT)
-
-
-def check_currency(currency: str | None, expected: str) -> str:
-    """Embudo counts money in one currency (EMBUDO_CURRENCY); absent means that one."""
-    if currency is None:
-        return expected
-    if currency.strip().upper() != expected.upper():
-        raise InvalidField("currency", f"currency must be {expected} (EMBUDO_CURRENCY); {currency!r} is not accepted")
-    return expected
 
 
 def effective_time(
@@ -56,7 +44,7 @@ def effective_time(
     now: datetime,
     not_before: datetime | None,
     not_before_what: str,
-    skew: timedelta,
+    clock_skew: timedelta,
 ) -> datetime:
     """When a change happened: `now` unless the client backfills an earlier moment.
 
@@ -65,7 +53,7 @@ def effective_time(
     """
     if occurred_at is None:
         return now if not_before is None or now >= not_before else not_before
-    if occurred_at > now + skew:
+    if occurred_at > now + clock_skew:
         raise InvalidField("occurred_at", f"occurred_at {occurred_at.isoformat()} lies in the future")
     if not_before is not None and occurred_at < not_before:
         raise InvalidField(
@@ -76,7 +64,7 @@ def effective_time(
 
 
 def ensure_open(stage: str) -> None:
-    if stage in CLOSED_STAGES:
+    if stage in CLOSED_DEAL_STAGES:
         raise DealClosed(stage)
 
 
@@ -93,7 +81,7 @@ def plan_stage_move(current: str, target: str | None) -> StageMove | None:
     ensure_open(current)
     if target is None or target == current:
         return None
-    if target not in OPEN_STAGES:
+    if target not in OPEN_DEAL_STAGES:
         raise InvalidField("stage", "only open stages can be set here; close a deal with /won or /lost")
     return StageMove(current, target)
 
@@ -107,7 +95,7 @@ def probability(stage: str, open_stage_probabilities: Mapping[str, float]) -> fl
 
 
 @dataclass(frozen=True)
-class LeadFacts:
+class DealLead:
     """What every deal event repeats about its lead, so metrics needs no joins."""
 
     lead_id: uuid.UUID

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from shared.app import ServiceSpec, create_app
 from shared.topics import LEAD_EVENTS
 
-from .api import install_error_handlers, router
+from .api import router
 from .handlers import build_handlers
 from .settings import SalesSettings
 
@@ -26,6 +26,5 @@ def build_app(settings: SalesSettings | None = None) -> FastAPI:
             consumes=[LEAD_EVENTS],
             handlers=build_handlers(settings.currency),
             uses_outbox=True,
-            extra_routes=install_error_handlers,
         )
     )

@@ -9,8 +9,9 @@ from decimal import Decimal
 import asyncpg
 
 from shared.events import Attribution
+from shared.rules import CLOSED_DEAL_STAGES
 
-from .domain import LeadFacts
+from .domain import DealLead
 
 Row = asyncpg.Record
 
@@ -49,8 +50,8 @@ async def get_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> Row | None:
     return await conn.fetchrow("SELECT * FROM leads WHERE lead_id = $1", lead_id)
 
 
-def lead_facts(lead: Row) -> LeadFacts:
-    return LeadFacts(lead["lead_id"], lead["created_at"], Attribution.model_validate(lead["attribution"]))
+def deal_lead(lead: Row) -> DealLead:
+    return DealLead(lead["lead_id"], lead["created_at"], Attribution.model_validate(lead["attribution"]))
 
 
 # --- deals ------------------------------------------------------------------------------
@@ -112,11 +113,12 @@ async def change_stage(
 ) -> None:
     await conn.execute(
         """UPDATE deals SET stage = $2::text, stage_entered_at = $3::timestamptz, updated_at = now(),
-               closed_at = CASE WHEN $2::text IN ('won', 'lost') THEN $3::timestamptz END
+               closed_at = CASE WHEN $2::text = ANY($4::text[]) THEN $3::timestamptz END
            WHERE deal_id = $1""",
         deal_id,
         to_stage,
         occurred_at,
+        list(CLOSED_DEAL_STAGES),
     )
     await add_history(conn, deal_id, from_stage, to_stage, occurred_at)
 
@@ -173,23 +175,24 @@ async def list_deals(
     stage: str | None,
     lead_id: uuid.UUID | None,
     campaign_id: str | None,
-    before_seq: int | None,
+    after_seq: int | None,
     limit: int,
 ) -> list[Row]:
-    """Newest first, keyset-paginated on seq. campaign_id matches the lead's first or last touch."""
+    """Oldest first (in the order sales recorded them: created_at can be backfilled, seq
+    cannot), keyset-paginated on seq. campaign_id matches the lead's first or last touch."""
     return await conn.fetch(
         """SELECT d.* FROM deals d JOIN leads l USING (lead_id)
            WHERE ($1::text IS NULL OR d.stage = $1)
              AND ($2::uuid IS NULL OR d.lead_id = $2)
              AND ($3::text IS NULL OR l.attribution -> 'first_touch' ->> 'campaign_id' = $3
                                    OR l.attribution -> 'last_touch' ->> 'campaign_id' = $3)
-             AND ($4::bigint IS NULL OR d.seq < $4)
-           ORDER BY d.seq DESC
+             AND ($4::bigint IS NULL OR d.seq > $4)
+           ORDER BY d.seq
            LIMIT $5""",
         stage,
         lead_id,
         campaign_id,
-        before_seq,
+        after_seq,
         limit,
     )
 

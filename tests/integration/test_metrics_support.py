@@ -37,7 +37,7 @@ from shared.events import (
     Touch,
 )
 from shared.kafka import EventProducer
-from shared.topics import ALL_TOPICS, ensure_topics, topic_for_event_type
+from shared.topics import ALL_TOPICS, ensure_topics, topic_of
 from tests.support import eventually, serve
 
 TOKEN = "test-token"
@@ -138,7 +138,7 @@ async def publish(producer: EventProducer, events: Iterable[Envelope]) -> None:
     """Each event to its topic, in the given order within a topic."""
     by_topic: dict = {}
     for event in events:
-        by_topic.setdefault(topic_for_event_type(event.type), []).append(event)
+        by_topic.setdefault(topic_of(type(event.data)), []).append(event)
     for topic, batch in by_topic.items():
         await producer.publish_many(topic, batch)
 

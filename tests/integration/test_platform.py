@@ -81,7 +81,7 @@ async def test_migrations_are_idempotent(new_database, effects_migrations):
 
 
 def record_effect(calls: list[uuid.UUID]):
-    async def handle(event: Envelope, uow: UnitOfWork) -> None:
+    async def handle(event: Envelope[FormSubmission], uow: UnitOfWork) -> None:
         calls.append(event.event_id)
         await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data.email)
 
@@ -112,7 +112,7 @@ def consumer_of(topics, producer, pool, topic_prefix):
         return EventConsumer(
             group=group,
             topics=[topic],
-            handlers={"form_submission": handler},
+            handlers={FormSubmission: handler},
             pool=pool,
             producer=producer,
             bootstrap_servers=topics,
@@ -124,7 +124,7 @@ def consumer_of(topics, producer, pool, topic_prefix):
 
 
 def unique_topic(name: str) -> Topic:
-    return Topic(f"test.{name}.{uuid.uuid4().hex[:8]}", keyed_by="test", partitions=1, event_types=())
+    return Topic(f"test.{name}.{uuid.uuid4().hex[:8]}", keyed_by="test", partitions=1, event_types=(FormSubmission,))
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_mov
     await producer.publish_raw(topic.name, [(b"k", b"{not json")])
     await producer.publish_many(topic, [failing, good])
 
-    async def handle(event: Envelope, uow: UnitOfWork) -> None:
+    async def handle(event: Envelope[FormSubmission], uow: UnitOfWork) -> None:
         if event.data.email.startswith("fails"):
             raise ValueError("this lead cannot be handled")
         await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data.email)
@@ -216,7 +216,7 @@ async def test_stopping_during_an_outage_parks_nothing_and_leaves_the_event_for_
 
     attempts: list[uuid.UUID] = []
 
-    async def unreachable(event: Envelope, uow: UnitOfWork) -> None:
+    async def unreachable(event: Envelope[FormSubmission], uow: UnitOfWork) -> None:
         attempts.append(event.event_id)
         raise ConnectionRefusedError("the CRM is down")
 

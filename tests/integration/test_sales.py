@@ -3,7 +3,6 @@ revenue through the API, deal events out through the outbox."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +15,7 @@ from services.sales.settings import SalesSettings
 from shared.db import create_pool
 from shared.events import Attribution, Envelope, LeadCreated, LeadStageChanged, LeadTouched, Touch
 from shared.kafka import EventProducer
+from shared.pagination import encode_cursor
 from shared.topics import ALL_TOPICS, DEAL_EVENTS, LEAD_EVENTS, ensure_topics
 from shared.uow import unit_of_work
 from tests.support import eventually, serve
@@ -441,7 +441,7 @@ async def test_listing_pages_through_every_deal_once_and_filters(client, db, lea
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == list(reversed(made))  # newest first, each once
+    assert seen == made  # oldest first (in the order sales recorded them), each once
 
     async def ids(**params) -> set[str]:
         return {d["deal_id"] for d in (await client.get("/v1/deals", params=params)).json()["items"]}
@@ -590,8 +590,8 @@ async def test_the_api_needs_a_valid_token(client):
 
 
 async def test_a_cursor_beyond_bigint_is_a_422_not_a_500(client):
-    # Well-formed by decode_cursor's rules ("seq:<digits>"), but no seq is that large.
-    cursor = base64.urlsafe_b64encode(f"seq:{2**63}".encode()).decode()
+    # Well-formed by decode_cursor's rules (a JSON list of one integer), but no seq is that large.
+    cursor = encode_cursor(2**63)
     response = await client.get("/v1/deals", params={"cursor": cursor})
     assert response.status_code == 422, response.text
     assert [e["field"] for e in response.json()["errors"]] == ["cursor"]

@@ -8,7 +8,6 @@ from decimal import Decimal
 import pytest
 
 from services.metrics.domain import (
-    STAGE_RANK,
     InvalidQuery,
     Period,
     RawAggregates,
@@ -20,6 +19,7 @@ from services.metrics.domain import (
     parse_instant,
     resolve_period,
 )
+from shared.rules import LEAD_STAGE_RANK as STAGE_RANK
 
 
 def utc(*parts: int) -> datetime:

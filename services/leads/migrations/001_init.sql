@@ -1,5 +1,5 @@
 -- Leads: one row per normalised email. The derived columns (created_at, profile, score,
--- first/last touch) are recomputed from the lead's touches on every submission.
+-- first/last touch) follow from the lead's submissions (see leads.summary, migration 002).
 CREATE TABLE leads (
     id           uuid PRIMARY KEY,
     email        text NOT NULL UNIQUE,  -- normalised: trimmed, lower-cased

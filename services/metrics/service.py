@@ -1,0 +1,116 @@
+"""The metrics read use cases: each report computed on one consistent snapshot of the
+projection (the caller's read-only, repeatable-read transaction). The projection itself is
+written by the event handlers (services/metrics/handlers.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from . import store
+from .domain import AttributionModel, BreakdownBy, Filters, Interval, Period, RawAggregates, kpis
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def header(period: Period, filters: Filters, attribution: str, currency: str) -> dict[str, Any]:
+    return {
+        "from": iso(period.start),
+        "to": iso(period.end),
+        "currency": currency,
+        "filters": filters.as_dict(),
+        "attribution": attribution,
+    }
+
+
+def kpi_object(period: Period, filters: Filters, attribution: str, currency: str, raw: RawAggregates,
+               as_of: datetime | None) -> dict[str, Any]:  # fmt: skip
+    return {**header(period, filters, attribution, currency), **kpis(raw), "as_of": iso(as_of)}
+
+
+async def kpi_report(
+    conn: asyncpg.Connection, state: store.ProjectionState, period: Period, filters: Filters,
+    attribution: AttributionModel, currency: str,
+) -> dict[str, Any]:  # fmt: skip
+    groups = await store.kpi_aggregates(conn, [period], filters, attribution, currency)
+    return kpi_object(period, filters, attribution, currency, groups.get((0, None), RawAggregates()), state.as_of)
+
+
+async def timeseries_report(
+    conn: asyncpg.Connection, state: store.ProjectionState, period: Period, buckets: list[Period],
+    interval: Interval, filters: Filters, attribution: AttributionModel, currency: str,
+) -> dict[str, Any]:  # fmt: skip
+    groups = await store.kpi_aggregates(conn, buckets, filters, attribution, currency)
+    return {
+        **header(period, filters, attribution, currency),
+        "interval": interval,
+        "buckets": [
+            kpi_object(bucket, filters, attribution, currency, groups.get((i, None), RawAggregates()), state.as_of)
+            for i, bucket in enumerate(buckets)
+        ],
+        "as_of": iso(state.as_of),
+    }
+
+
+async def breakdown_report(
+    conn: asyncpg.Connection, state: store.ProjectionState, period: Period, by: BreakdownBy, filters: Filters,
+    attribution: AttributionModel, currency: str,
+) -> dict[str, Any]:  # fmt: skip
+    key = "campaign_id" if by == "campaign" else "channel"
+    groups = await store.kpi_aggregates(conn, [period], filters, attribution, currency, by=by)
+    values = sorted((value for _, value in groups), key=lambda v: (v is None, v or ""))
+    return {
+        **header(period, filters, attribution, currency),
+        "by": by,
+        "rows": [{key: value, **kpis(groups[(0, value)])} for value in values],
+        "as_of": iso(state.as_of),
+    }
+
+
+def _ranked(counts: dict[str, int], name: str) -> list[dict[str, Any]]:
+    return [{name: value, "count": n} for value, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+async def feedback_report(
+    conn: asyncpg.Connection, state: store.ProjectionState, period: Period, filters: Filters,
+    attribution: AttributionModel,
+) -> dict[str, Any]:  # fmt: skip
+    """What sales tells marketing: the lost reasons and objections of the deals lost in the
+    period, in total and by campaign."""
+    reasons, objections, lost = await store.lost_feedback(conn, period, filters, attribution)
+    total_reasons: dict[str, int] = defaultdict(int)
+    total_objections: dict[str, int] = defaultdict(int)
+    by_campaign: dict[str | None, dict[str, dict[str, int]]] = defaultdict(
+        lambda: {"reasons": defaultdict(int), "objections": defaultdict(int)}
+    )
+    for item in reasons:
+        total_reasons[item.value] += item.count
+        by_campaign[item.campaign_id]["reasons"][item.value] += item.count
+    for item in objections:
+        total_objections[item.value] += item.count
+        by_campaign[item.campaign_id]["objections"][item.value] += item.count
+    campaigns = sorted(lost, key=lambda c: (-lost[c], c is None, c or ""))
+    return {
+        "from": iso(period.start),
+        "to": iso(period.end),
+        "filters": filters.as_dict(),
+        "attribution": attribution,
+        "deals_lost": sum(lost.values()),
+        "lost_reasons": _ranked(total_reasons, "reason"),
+        "objections": _ranked(total_objections, "objection"),
+        "campaigns": [
+            {
+                "campaign_id": campaign,
+                "deals_lost": lost[campaign],
+                "lost_reasons": _ranked(by_campaign[campaign]["reasons"], "reason"),
+                "objections": _ranked(by_campaign[campaign]["objections"], "objection"),
+            }
+            for campaign in campaigns
+        ],
+        "as_of": iso(state.as_of),
+    }
