@@ -27,6 +27,7 @@ from shared.events import EventData
 from shared.http import RequestMetrics, RequestSizeLimit, install_problem_handlers, metrics_response
 from shared.kafka import EventProducer
 from shared.logs import configure_logging
+from shared.openapi import install_openapi
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, Topic, dead_letter_topic, ensure_topics
@@ -157,6 +158,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         app.include_router(router)
     if spec.extra_routes is not None:
         spec.extra_routes(app)
+    install_openapi(app, settings.currency)
     return app
 
 

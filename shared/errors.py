@@ -46,3 +46,15 @@ class RateLimited(DomainError):
     def __init__(self, detail: str, *, retry_after: int) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class OutOfOrder(Conflict):
+    """A moment earlier than the resource's own history allows (409): e.g. a stage change
+    dated before the lead was created. Named by `field`, like an invalid field."""
+
+    title = "Out of order"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field=field)
+        self.field = field
+        self.message = message

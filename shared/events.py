@@ -8,6 +8,7 @@ never rewritten: a breaking change gets a new version plus an upcaster.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,10 +19,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from shared.rules import DealStage, LeadStage, RevenueKind
 
@@ -36,11 +40,63 @@ def to_utc(value: datetime) -> datetime:
         raise ValueError(f"{value.isoformat()} is out of range (years 1 to 9999 in UTC)") from None
 
 
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?")
+
+
+def is_rfc3339(text: str) -> bool:
+    return _RFC3339.fullmatch(text) is not None
+
+
+def rfc3339(value: object) -> object:
+    """Only what `format: date-time` promises: pydantic alone would also take Unix seconds
+    (`0.5`, `1700000000`) and other spellings that the OpenAPI documents never admit."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and is_rfc3339(value):
+        return value
+    raise PydanticCustomError("datetime_format", "expected an RFC 3339 date-time, e.g. 2025-03-01T09:30:00+01:00")
+
+
 # Every timestamp Embudo stores or publishes is timezone-aware and normalised to UTC; API
 # models take it for client timestamps too, so the out-of-range ones are a 422.
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(rfc3339), AfterValidator(to_utc)]
 # Money travels as a decimal string ("12.50"), never a float.
 Amount = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
+
+
+def money_input(*, positive: bool, integer_digits: int) -> Any:
+    """An amount a client sends: a JSON number or a decimal string, at most two decimals.
+    The OpenAPI schema states exactly what is accepted, and the pattern is enforced, so a
+    string such as "1e2" or "-0" is refused rather than read some way the document never said."""
+    max_value = Decimal(10) ** integer_digits - Decimal("0.01")
+    if positive:  # 0.01 or more: no zero in any spelling
+        pattern = rf"^([1-9][0-9]{{0,{integer_digits - 1}}}(\.[0-9]{{1,2}})?|0?\.(0[1-9]|[1-9][0-9]?))$"
+    else:
+        pattern = rf"^[0-9]{{1,{integer_digits}}}(\.[0-9]{{1,2}})?$"
+    number: dict[str, Any] = {"type": "number", "multipleOf": 0.01, "maximum": float(max_value)}
+    number["exclusiveMinimum" if positive else "minimum"] = 0
+
+    def plain(value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(pattern, value):
+            if re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", value):
+                amount = Decimal(value)
+                out_of_range = amount <= 0 if positive else amount < 0
+                if out_of_range or amount > max_value or -amount.as_tuple().exponent > 2:  # type: ignore[operator]
+                    return value  # well-formed but out of bounds: the checks below name the bound
+        elif not isinstance(value, bool):
+            return value
+        raise PydanticCustomError("decimal_format", "expected a decimal amount with at most two decimals, e.g. 12.50")
+
+    return Annotated[
+        Decimal,
+        BeforeValidator(plain),
+        Field(gt=0, le=max_value, decimal_places=2) if positive else Field(ge=0, le=max_value, decimal_places=2),
+        WithJsonSchema({"anyOf": [number, {"type": "string", "pattern": pattern}]}),
+    ]
+
+
+# Free text a person types: not blank once trimmed (the request models strip it), no NUL.
+NonBlankText = Annotated[str, Field(pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")]
 # Text a consumer can store: Postgres keeps no NUL character in text or jsonb, so an event
 # carrying one would be accepted at the edge and then fail in every consumer (dead-lettered).
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]

@@ -7,13 +7,15 @@ import hmac
 import logging
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import Conflict, DomainError, InvalidField, NotFound, RateLimited, TooLarge
@@ -123,14 +125,29 @@ def install_problem_handlers(app: FastAPI) -> None:
         return _answer(invalid_fields(validation_errors(errors)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not read the body as the JSON it expects
+            return _answer(malformed_json())
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        return problem_response(exc.status_code, detail, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
         return problem_response(500, "An unexpected error occurred.")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette names only the first route's,
+    and one path often has several routes (GET and POST /v1/deals)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.fullmatch(request.url.path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def token_matches(presented: str | None, valid_tokens: list[str]) -> bool:
@@ -148,9 +165,16 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def require_api_token(request: Request) -> None:
+# Declares the scheme in the OpenAPI documents; the check itself is require_api_token's.
+api_token_scheme = HTTPBearer(auto_error=False, description="One of the service's EMBUDO_API_TOKENS")
+
+
+async def require_api_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_token_scheme)]
+) -> None:
     """Dependency: the request carries one of the service's EMBUDO_API_TOKENS."""
-    if not token_matches(bearer_token(request), request.app.state.settings.api_tokens):
+    presented = credentials.credentials if credentials is not None else None
+    if not token_matches(presented, request.app.state.settings.api_tokens):
         raise Problem(
             401,
             "A valid 'Authorization: Bearer <api token>' header is required.",

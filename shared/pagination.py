@@ -1,28 +1,28 @@
 """Keyset pagination, the same in every service.
 
 Lists page oldest first, in a stable order on a unique key (e.g. (created_at, lead_id)).
-`next_cursor` is opaque to clients: base64url of the JSON list of the last row's key, and
-null on the last page. A cursor that this API did not hand out is a 422 on `cursor`.
+`next_cursor` is opaque to clients (null on the last page): the last row's key as fixed-width
+hex, 16 digits per time or integer, 32 per UUID. Any string of that shape is a position
+(`Cursor` gives the pattern the OpenAPI document states), so there is no "invalid cursor":
+one past every row is an empty last page; anything of another shape is a 422.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
-from datetime import datetime
-from typing import Generic, TypeVar
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Generic, TypeVar
 
+from fastapi import Query
 from pydantic import BaseModel
-
-from shared.errors import InvalidField
-from shared.events import to_utc
 
 ItemT = TypeVar("ItemT")
 KeyPart = datetime | uuid.UUID | int
 
-MAX_KEY_INT = 2**63 - 1  # keys are bigints or narrower
+EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+MAX_INT = 2**63 - 1  # keys are bigints or narrower
+WIDTH = {datetime: 16, int: 16, uuid.UUID: 32}
 
 
 class Page(BaseModel, Generic[ItemT]):
@@ -30,36 +30,51 @@ class Page(BaseModel, Generic[ItemT]):
     next_cursor: str | None
 
 
+def cursor_param(*kinds: type) -> Any:
+    """The `cursor` query parameter of a list keyed by `kinds`."""
+    digits = sum(WIDTH[kind] for kind in kinds)
+    return Annotated[
+        str | None,
+        Query(pattern=f"^[0-9a-f]{{{digits}}}$", description="next_cursor of the previous page (opaque)"),
+    ]
+
+
+def _hex(part: KeyPart) -> str:
+    if isinstance(part, datetime):
+        micros = (part - EPOCH) // timedelta(microseconds=1)
+        return f"{micros:016x}"
+    if isinstance(part, uuid.UUID):
+        return part.hex
+    return f"{part:016x}"
+
+
 def encode_cursor(*key: KeyPart) -> str:
-    parts = [part.isoformat() if isinstance(part, datetime) else part for part in key]
-    text = json.dumps([str(p) if isinstance(p, uuid.UUID) else p for p in parts])
-    return base64.urlsafe_b64encode(text.encode()).decode()
+    return "".join(_hex(part) for part in key)
 
 
-def _part(value: object, kind: type) -> KeyPart:
-    if kind is datetime and isinstance(value, str):
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is not None:
-            return to_utc(moment)  # ValueError past year 1 or 9999 in UTC
-    elif kind is uuid.UUID and isinstance(value, str):
-        return uuid.UUID(value)
-    elif kind is int and type(value) is int and 0 <= value <= MAX_KEY_INT:
-        return value
-    raise ValueError(value)
+def _part(digits: str, kind: type) -> KeyPart:
+    number = int(digits, 16)
+    if kind is uuid.UUID:
+        return uuid.UUID(int=number)
+    if kind is datetime:
+        # Past the last representable moment: a position after every row.
+        return EPOCH + timedelta(microseconds=number) if number <= _MAX_MICROS else datetime.max.replace(tzinfo=UTC)
+    return min(number, MAX_INT)
+
+
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
 
 
 def decode_cursor(cursor: str, *kinds: type) -> tuple:
-    """The key `encode_cursor` packed, checked part by part against `kinds`."""
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if isinstance(parts, list) and len(parts) == len(kinds):
-            return tuple(_part(value, kind) for value, kind in zip(parts, kinds, strict=True))
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
-        pass
-    raise InvalidField("cursor", "cursor is not one this API returned")
+    """The key `encode_cursor` packed (the route's `cursor_param` has checked its shape)."""
+    parts, start = [], 0
+    for kind in kinds:
+        parts.append(_part(cursor[start : start + WIDTH[kind]], kind))
+        start += WIDTH[kind]
+    return tuple(parts)
 
 
-def page_of(rows: list, limit: int, key_of) -> tuple[list, str | None]:
+def page_of(rows: Sequence[Any], limit: int, key_of: Callable[[Any], tuple]) -> tuple[list, str | None]:
     """Split `limit + 1` fetched rows into the page and the cursor of the next one."""
-    page = rows[:limit]
+    page = list(rows[:limit])
     return page, (encode_cursor(*key_of(page[-1])) if len(rows) > limit else None)

@@ -11,16 +11,18 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.app import DbPool
-from shared.errors import InvalidField
-from shared.events import Text, Touch, UtcDatetime, normalise_email
+from shared.events import NonBlankText, Text, Touch, UtcDatetime, normalise_email
 from shared.http import require_api_token
-from shared.pagination import Page, decode_cursor, page_of
+from shared.openapi import problems
+from shared.pagination import Page, cursor_param, decode_cursor, page_of
 from shared.rules import LeadStage
 
 from . import service, store
 from .settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["leads"], dependencies=[Depends(require_api_token)])
+router = APIRouter(
+    prefix="/v1", tags=["leads"], dependencies=[Depends(require_api_token)], responses=problems(401, 422)
+)
 
 # --- bodies and responses --------------------------------------------------------------
 
@@ -29,7 +31,7 @@ class StageMove(BaseModel):
     # Unknown fields are refused: a misspelt "stgae" must not be silently ignored.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     stage: LeadStage
-    reason: Text | None = Field(default=None, min_length=1, max_length=500)
+    reason: NonBlankText | None = Field(default=None, max_length=500)
     occurred_at: UtcDatetime | None = None  # default: now
 
 
@@ -100,7 +102,8 @@ def lead_detail(detail: service.LeadDetail) -> LeadDetail:
 
 # --- routes ----------------------------------------------------------------------------
 
-Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")]
+# Both lists page on (a time, a UUID): leads on (created_at, lead_id), touches on (occurred_at, event_id).
+Cursor = cursor_param(datetime, uuid.UUID)
 
 
 @router.get("/leads")
@@ -118,9 +121,8 @@ async def list_leads(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Cursor = None,
 ) -> LeadPage:
-    """Leads oldest first (created_at, then lead_id). created_from is inclusive, created_to exclusive."""
-    if created_from and created_to and created_from > created_to:
-        raise InvalidField("created_to", "created_to is earlier than created_from")
+    """Leads oldest first (created_at, then lead_id). created_from is inclusive, created_to
+    exclusive; a range that ends before it starts holds no lead (an empty page)."""
     where = store.LeadFilter(
         stage=stage,
         campaign_id=campaign_id,
@@ -137,12 +139,12 @@ async def list_leads(
     return LeadPage(items=[lead_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/leads/{lead_id}")
+@router.get("/leads/{lead_id}", responses=problems(404))
 async def get_lead(lead_id: uuid.UUID, pool: DbPool) -> LeadDetail:
     return lead_detail(await service.lead_detail(pool, lead_id))
 
 
-@router.get("/leads/{lead_id}/touches")
+@router.get("/leads/{lead_id}/touches", responses=problems(404))
 async def list_touches(
     lead_id: uuid.UUID,
     pool: DbPool,
@@ -158,7 +160,7 @@ async def list_touches(
     return TouchPage(items=[store.touch_of(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.post("/leads/{lead_id}/stage")
+@router.post("/leads/{lead_id}/stage", responses=problems(400, 404, 409, 413))
 async def move_stage(lead_id: uuid.UUID, body: StageMove, pool: DbPool, settings: Settings) -> LeadDetail:
     """Move a lead along its lifecycle; publishes lead.stage_changed with the change."""
     detail = await service.move_stage(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from shared.errors import Conflict, InvalidField
+from shared.errors import Conflict, InvalidField, OutOfOrder
 from shared.events import Attribution, FormSubmission, Touch, UtcDatetime
 from shared.rules import LeadStage
 
@@ -309,11 +309,11 @@ def check_stage_time(
     if occurred_at > now + clock_skew:
         raise InvalidStageTime("occurred_at lies in the future")
     if occurred_at < created_at:
-        raise InvalidStageTime(f"occurred_at is earlier than the lead's created_at ({created_at.isoformat()})")
+        raise OutOfOrder("occurred_at", f"occurred_at is earlier than the lead's created_at ({created_at.isoformat()})")
     # The history must read in order, or time-in-stage would come out negative.
     if last_change_at is not None and occurred_at < last_change_at:
-        raise InvalidStageTime(
-            f"occurred_at is earlier than the lead's last stage change ({last_change_at.isoformat()})"
+        raise OutOfOrder(
+            "occurred_at", f"occurred_at is earlier than the lead's last stage change ({last_change_at.isoformat()})"
         )
 
 

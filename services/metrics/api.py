@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from shared.app import DbPool
 from shared.events import Text, utcnow
 from shared.http import require_api_token
+from shared.openapi import problems
 from shared.settings import DEV_API_TOKEN
 
 from . import service, store
@@ -38,10 +39,24 @@ from .settings import MetricsSettings, Settings
 
 STATIC = Path(__file__).parent / "static"
 
-router = APIRouter(prefix="/v1", tags=["kpis"], dependencies=[Depends(require_api_token)])
+router = APIRouter(prefix="/v1", tags=["kpis"], dependencies=[Depends(require_api_token)], responses=problems(401, 422))
 
-From = Annotated[str | None, Query(alias="from", description="inclusive; RFC 3339 date or datetime")]
-To = Annotated[str | None, Query(description="exclusive; RFC 3339 date or datetime")]
+# A date (that day's UTC midnight) or a date-time with an offset; `from` earlier than `to`.
+_INSTANT = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
+From = Annotated[
+    str | None,
+    Query(
+        alias="from",
+        description="inclusive; RFC 3339 date or date-time, earlier than `to` (default: 30 days before `to`)",
+        json_schema_extra=_INSTANT,
+    ),
+]
+To = Annotated[
+    str | None,
+    Query(
+        description="exclusive; RFC 3339 date or date-time (default: the end of today, UTC)", json_schema_extra=_INSTANT
+    ),
+]
 
 
 # Filters go to Postgres as text parameters: Text refuses the NUL Postgres would fail on.

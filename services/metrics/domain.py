@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from shared.errors import InvalidField
+from shared.events import is_rfc3339
 
 AttributionModel = Literal["first_touch", "last_touch"]
 Interval = Literal["day", "week", "month"]
@@ -23,12 +25,17 @@ class InvalidQuery(InvalidField):
     """A query parameter that cannot be served; `field` names it."""
 
 
+_DATE = re.compile(r"\d{4}-\d\d-\d\d")
+
+
 def parse_instant(text: str, field: str) -> datetime:
     """RFC 3339: a date (= that day's UTC midnight) or a datetime with an offset, in UTC."""
     text = text.strip()
     try:
-        if len(text) == 10:
+        if _DATE.fullmatch(text):
             return datetime.combine(date.fromisoformat(text), time(0), UTC)
+        if not is_rfc3339(text):
+            raise ValueError(text)
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidQuery(field, "expected an RFC 3339 date (2025-01-31) or datetime with offset") from None
@@ -48,15 +55,16 @@ class Period:
 
 def resolve_period(from_text: str | None, to_text: str | None, now: datetime) -> Period:
     """Defaults: `to` = the end of today (UTC), `from` = 30 days before `to`. Whole days keep
-    the default stable all day long, so a polling dashboard gets 304s."""
-    end = parse_instant(to_text, "to") if to_text else _end_of_day(now)
+    the default stable all day long, so a polling dashboard gets 304s. A given but empty
+    `from` or `to` is invalid, not the default."""
+    end = parse_instant(to_text, "to") if to_text is not None else _end_of_day(now)
     try:
-        start = parse_instant(from_text, "from") if from_text else end - DEFAULT_PERIOD
+        start = parse_instant(from_text, "from") if from_text is not None else end - DEFAULT_PERIOD
     except OverflowError:
         raise InvalidQuery("to", "out of range") from None
-    if start >= end:
-        raise InvalidQuery("from", "`from` must be earlier than `to` (from is inclusive, to exclusive)")
-    return Period(start, end)
+    # `from` at or after `to` is an empty period: it holds nothing, so every count is 0 (and a
+    # timeseries has no bucket), like any filter that matches nothing.
+    return Period(start, max(start, end))
 
 
 def _end_of_day(now: datetime) -> datetime:

@@ -45,7 +45,7 @@ async def timeseries_report(
     conn: asyncpg.Connection, state: store.ProjectionState, period: Period, buckets: list[Period],
     interval: Interval, filters: Filters, attribution: AttributionModel, currency: str,
 ) -> dict[str, Any]:  # fmt: skip
-    groups = await store.kpi_aggregates(conn, buckets, filters, attribution, currency)
+    groups = await store.kpi_aggregates(conn, buckets, filters, attribution, currency) if buckets else {}
     return {
         **header(period, filters, attribution, currency),
         "interval": interval,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 import asyncpg
@@ -13,21 +12,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
 from shared.errors import InvalidField
-from shared.events import Amount, CurrencyCode, Text, UtcDatetime
+from shared.events import Amount, CurrencyCode, NonBlankText, Text, UtcDatetime, money_input
 from shared.http import require_api_token
-from shared.pagination import Page, decode_cursor, page_of
+from shared.openapi import problems
+from shared.pagination import Page, cursor_param, decode_cursor, page_of
 from shared.rules import CLOSED_DEAL_STAGES, DealStage, OpenDealStage, RevenueKind, check_currency
 
 from . import service
 from .domain import probability
 from .settings import SalesSettings, Settings
 
-router = APIRouter(prefix="/v1", tags=["sales"], dependencies=[Depends(require_api_token)])
+router = APIRouter(
+    prefix="/v1", tags=["sales"], dependencies=[Depends(require_api_token)], responses=problems(401, 422)
+)
+DealCursor = cursor_param(int)  # deals page on seq, the order sales recorded them
 
 # --- request bodies ---------------------------------------------------------------------
 
 # > 0, exact, at most 2 decimals ("12.50" or 12.5; never stored as a float).
-PositiveAmount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)]
+PositiveAmount = money_input(positive=True, integer_digits=14)
 
 
 class Body(BaseModel):
@@ -46,14 +49,19 @@ class HasOpenStage(Body):
 
 class NewDeal(HasOpenStage):
     lead_id: uuid.UUID
-    name: Text | None = Field(default=None, min_length=1, max_length=200)
+    name: NonBlankText | None = Field(default=None, max_length=200)
     amount: PositiveAmount | None = None
     currency: CurrencyCode | None = None
     stage: OpenDealStage = "qualification"
     occurred_at: UtcDatetime | None = None
 
 
+CHANGEABLE = ("stage", "amount", "currency", "expected_close_date")
+
+
 class DealChanges(HasOpenStage):
+    # At least one change; occurred_at alone only says when.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": [name]} for name in CHANGEABLE]})
     stage: OpenDealStage | None = None
     amount: PositiveAmount | None = None
     currency: CurrencyCode | None = None
@@ -68,8 +76,8 @@ class Win(Body):
 
 
 class Loss(Body):
-    reason: Text = Field(min_length=1, max_length=500)
-    objections: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=50)
+    reason: NonBlankText = Field(max_length=500)
+    objections: list[Annotated[NonBlankText, Field(max_length=200)]] = Field(default_factory=list, max_length=50)
     occurred_at: UtcDatetime | None = None
 
 
@@ -160,7 +168,7 @@ async def list_deals(
     lead_id: uuid.UUID | None = None,
     campaign_id: Annotated[Text | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+    cursor: DealCursor = None,
 ) -> DealPage:
     """Deals oldest first, in the order sales recorded them."""
     after = decode_cursor(cursor, int)[0] if cursor else None
@@ -171,12 +179,12 @@ async def list_deals(
     return DealPage(items=[deal_out(r, settings) for r in page], next_cursor=next_cursor)
 
 
-@router.get("/deals/{deal_id}", response_model=DealDetail)
+@router.get("/deals/{deal_id}", response_model=DealDetail, responses=problems(404))
 async def get_deal(deal_id: uuid.UUID, pool: DbPool, settings: Settings) -> DealDetail:
     return deal_detail(await service.deal_view(pool, deal_id), settings)
 
 
-@router.post("/deals", response_model=DealDetail, status_code=201)
+@router.post("/deals", response_model=DealDetail, status_code=201, responses=problems(400, 404, 413))
 async def create_deal(body: NewDeal, pool: DbPool, settings: Settings) -> DealDetail:
     view = await service.create_deal(
         pool,
@@ -191,9 +199,9 @@ async def create_deal(body: NewDeal, pool: DbPool, settings: Settings) -> DealDe
     return deal_detail(view, settings)
 
 
-@router.patch("/deals/{deal_id}", response_model=DealDetail)
+@router.patch("/deals/{deal_id}", response_model=DealDetail, responses=problems(400, 404, 409, 413))
 async def change_deal(deal_id: uuid.UUID, body: DealChanges, pool: DbPool, settings: Settings) -> DealDetail:
-    if not body.model_fields_set - {"occurred_at"}:
+    if not body.model_fields_set & set(CHANGEABLE):
         raise InvalidField("stage", "nothing to change: give stage, amount, currency or expected_close_date")
     if body.currency is not None:
         check_currency(body.currency, settings.currency)
@@ -210,7 +218,7 @@ async def change_deal(deal_id: uuid.UUID, body: DealChanges, pool: DbPool, setti
     return deal_detail(view, settings)
 
 
-@router.post("/deals/{deal_id}/won", response_model=DealDetail)
+@router.post("/deals/{deal_id}/won", response_model=DealDetail, responses=problems(400, 404, 409, 413))
 async def win_deal(deal_id: uuid.UUID, body: Win, pool: DbPool, settings: Settings) -> DealDetail:
     currency = check_currency(body.currency, settings.currency)
     view = await service.win_deal(
@@ -224,7 +232,7 @@ async def win_deal(deal_id: uuid.UUID, body: Win, pool: DbPool, settings: Settin
     return deal_detail(view, settings)
 
 
-@router.post("/deals/{deal_id}/lost", response_model=DealDetail)
+@router.post("/deals/{deal_id}/lost", response_model=DealDetail, responses=problems(400, 404, 409, 413))
 async def lose_deal(deal_id: uuid.UUID, body: Loss, pool: DbPool, settings: Settings) -> DealDetail:
     view = await service.lose_deal(
         pool,
@@ -240,7 +248,15 @@ async def lose_deal(deal_id: uuid.UUID, body: Loss, pool: DbPool, settings: Sett
 # --- customers --------------------------------------------------------------------------
 
 
-@router.post("/customers/{lead_id}/revenue", response_model=RevenueOut, status_code=201)
+@router.post(
+    "/customers/{lead_id}/revenue",
+    response_model=RevenueOut,
+    status_code=201,
+    responses={
+        200: {"model": RevenueOut, "description": "A retry: the record as first made"},
+        **problems(400, 404, 409, 413),
+    },
+)
 async def record_revenue(
     lead_id: uuid.UUID, body: NewRevenue, pool: DbPool, settings: Settings, response: Response
 ) -> RevenueOut:
@@ -259,7 +275,7 @@ async def record_revenue(
     return RevenueOut(**dict(recorded.record))
 
 
-@router.get("/customers/{lead_id}", response_model=CustomerOut)
+@router.get("/customers/{lead_id}", response_model=CustomerOut, responses=problems(404))
 async def get_customer(lead_id: uuid.UUID, pool: DbPool, settings: Settings) -> CustomerOut:
     view = await service.customer_view(pool, lead_id)
     return CustomerOut(

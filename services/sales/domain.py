@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from shared.errors import Conflict, InvalidField
+from shared.errors import Conflict, InvalidField, OutOfOrder
 from shared.events import Attribution, Envelope, EventData
 from shared.rules import CLOSED_DEAL_STAGES, OPEN_DEAL_STAGES, OpenDealStage
 
@@ -48,15 +48,15 @@ def effective_time(
 ) -> datetime:
     """When a change happened: `now` unless the client backfills an earlier moment.
 
-    A moment in the future (beyond a small clock skew) or before `not_before` is refused;
-    within the skew it counts as now, so nothing stored lies in the future.
+    A moment in the future (beyond the clock skew) is invalid, one before `not_before` is out
+    of order; within the skew it counts as now, so nothing stored lies in the future.
     """
     if occurred_at is None:
         return now if not_before is None or now >= not_before else not_before
     if occurred_at > now + clock_skew:
         raise InvalidField("occurred_at", f"occurred_at {occurred_at.isoformat()} lies in the future")
     if not_before is not None and occurred_at < not_before:
-        raise InvalidField(
+        raise OutOfOrder(
             "occurred_at",
             f"occurred_at {occurred_at.isoformat()} is before {not_before_what} ({not_before.isoformat()})",
         )

@@ -21,6 +21,7 @@ comes with a curl line.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from tests.e2e.stack import API_TOKEN, ROOT, SERVICES, WRITE_KEY, Stack
 pytestmark = pytest.mark.e2e
 
 CONFIG = ROOT / "schemathesis.toml"
+HOOKS = Path(__file__).parent / "schemathesis_hooks.py"  # what the documents cannot say
 # Per service (about 15-45 s each today); a hung run fails instead of blocking the suite.
 RUN_TIMEOUT_SECONDS = 240
 CREDENTIALS = {service: API_TOKEN for service in SERVICES} | {"ingest": WRITE_KEY}
@@ -81,8 +83,9 @@ def test_service_answers_as_its_openapi_document_says(contract_stack: Stack, ser
     started = time.monotonic()
     # In tmp_path: Schemathesis keeps its cache (.schemathesis/) and reports in the working
     # directory, which must not be the shared work tree.
+    env = os.environ | {"SCHEMATHESIS_HOOKS": str(HOOKS), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False
     )
     elapsed = time.monotonic() - started
     output = result.stdout + result.stderr

@@ -29,6 +29,7 @@ from services.leads.domain import (
 from services.leads.domain import score as score_summary
 from services.leads.main import build_app
 from services.leads.settings import DEFAULT_SCORING_CONFIG, LeadsSettings, load_scoring_rules
+from shared.errors import OutOfOrder
 from shared.events import FormSubmission, Utm
 from shared.rules import CLOCK_SKEW, LEAD_STAGES
 
@@ -84,15 +85,15 @@ def test_stage_time_between_creation_and_now_is_accepted():
 
 
 @pytest.mark.parametrize(
-    "occurred_at, last_change_at, message",
+    "occurred_at, last_change_at, refusal, message",
     [
-        (NOW + CLOCK_SKEW + timedelta(seconds=1), None, "future"),
-        (T0 - timedelta(seconds=1), None, "created_at"),
-        (T0 + timedelta(days=1), T0 + timedelta(days=2), "last stage change"),
+        (NOW + CLOCK_SKEW + timedelta(seconds=1), None, InvalidStageTime, "future"),
+        (T0 - timedelta(seconds=1), None, OutOfOrder, "created_at"),
+        (T0 + timedelta(days=1), T0 + timedelta(days=2), OutOfOrder, "last stage change"),
     ],
 )
-def test_stage_time_refused(occurred_at, last_change_at, message):
-    with pytest.raises(InvalidStageTime, match=message):
+def test_stage_time_refused(occurred_at, last_change_at, refusal, message):
+    with pytest.raises(refusal, match=message):
         check_time(occurred_at, last_change_at)
 
 

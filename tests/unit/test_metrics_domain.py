@@ -45,10 +45,11 @@ def test_default_period_is_the_30_days_ending_with_today():
     assert resolve_period("2025-03-05", None, now) == Period(utc(2025, 3, 5), utc(2025, 3, 11))
 
 
-def test_from_must_be_before_to():
-    with pytest.raises(InvalidQuery) as error:
-        resolve_period("2025-03-01", "2025-03-01", utc(2025, 3, 10))
-    assert error.value.field == "from"
+def test_from_at_or_after_to_is_an_empty_period_with_no_buckets():
+    empty = resolve_period("2025-03-01", "2025-03-01", utc(2025, 3, 10))
+    assert empty == Period(utc(2025, 3, 1), utc(2025, 3, 1))
+    assert resolve_period("2025-03-02", "2025-03-01", utc(2025, 3, 10)) == Period(utc(2025, 3, 2), utc(2025, 3, 2))
+    assert bucket_periods(empty, "day", 366) == []
 
 
 def test_buckets_start_at_from_and_the_last_ends_at_to():

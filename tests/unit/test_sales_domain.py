@@ -18,6 +18,7 @@ from services.sales.domain import (
 )
 from services.sales.main import build_app
 from services.sales.settings import DEFAULT_STAGE_PROBABILITIES, SalesSettings
+from shared.errors import OutOfOrder
 from shared.rules import CLOCK_SKEW, check_currency
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ def test_occurred_at_exactly_at_the_lower_bound_is_accepted():
 
 
 def test_occurred_at_before_the_lower_bound_is_refused_naming_it():
-    with pytest.raises(InvalidField) as refused:
+    with pytest.raises(OutOfOrder) as refused:
         when(NOW - timedelta(days=31))
     assert refused.value.field == "occurred_at"
     assert "before the deal's created_at" in refused.value.message
