@@ -230,7 +230,9 @@ async def raw_consumer(prefix: str, count: int) -> float:
 
 async def consume_backlog(prefix: str, topic: Topic, handlers: dict, migrations: Path, count: int, dsn: str) -> float:
     """Events/s of one service's consumer (the shared runtime and its handlers) over a backlog
-    already on `topic`, from its first applied event until `count` are processed."""
+    already on `topic`, from its first applied event until `count` are processed. Only the
+    handlers of the types `topic` carries are registered (the consumer refuses others)."""
+    handlers = {event_type: handler for event_type, handler in handlers.items() if event_type in topic.event_types}
     pool = await create_pool(dsn, max_size=4)
     await apply_migrations(pool, migrations)
     producer = EventProducer(BOOTSTRAP, client_id="bench", topic_prefix=prefix)
