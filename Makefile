@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCAL := deploy/local
 
-.PHONY: install infra-up infra-down dev stop test lint bench demo logs
+.PHONY: install infra-up infra-down dev stop test lint bench demo logs dlq
 
 install: $(VENV)/.installed
 
@@ -47,3 +47,8 @@ bench: install infra-up
 ## Believable demo traffic through the public APIs of the running stack (`make dev` first).
 demo: install
 	$(PY) deploy/demo.py $(DEMO_ARGS)
+
+## The consumers' dead-letter topics: make dlq DLQ_ARGS='list' (or 'show …', 'replay …'); docs/operations.md.
+DLQ_ARGS ?= list
+dlq: install
+	$(PY) -m shared.dlq $(DLQ_ARGS)
