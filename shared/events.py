@@ -8,6 +8,7 @@ never rewritten: a breaking change gets a new version plus an upcaster.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -73,7 +74,10 @@ def money_input(*, positive: bool, integer_digits: int) -> Any:
         pattern = rf"^([1-9][0-9]{{0,{integer_digits - 1}}}(\.[0-9]{{1,2}})?|0?\.(0[1-9]|[1-9][0-9]?))$"
     else:
         pattern = rf"^[0-9]{{1,{integer_digits}}}(\.[0-9]{{1,2}})?$"
-    number: dict[str, Any] = {"type": "number", "multipleOf": 0.01, "maximum": float(max_value)}
+    largest = float(max_value)
+    while Decimal(largest) > max_value:  # the float nearest the bound may lie above it
+        largest = math.nextafter(largest, 0)
+    number: dict[str, Any] = {"type": "number", "multipleOf": 0.01, "maximum": largest}
     number["exclusiveMinimum" if positive else "minimum"] = 0
 
     def plain(value: object) -> object:
@@ -81,7 +85,8 @@ def money_input(*, positive: bool, integer_digits: int) -> Any:
             if re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", value):
                 amount = Decimal(value)
                 out_of_range = amount <= 0 if positive else amount < 0
-                if out_of_range or amount > max_value or -amount.as_tuple().exponent > 2:  # type: ignore[operator]
+                too_precise = -amount.normalize().as_tuple().exponent > 2  # type: ignore[operator]
+                if out_of_range or amount > max_value or too_precise:
                     return value  # well-formed but out of bounds: the checks below name the bound
         elif not isinstance(value, bool):
             return value
@@ -95,8 +100,11 @@ def money_input(*, positive: bool, integer_digits: int) -> Any:
     ]
 
 
+# What str.strip() removes, spelled out: `\s` differs between Python's and ECMA's regexes
+# (\x85, \x1c-\x1f, \ufeff), and the OpenAPI patterns must mean the same to both.
+WHITESPACE = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
 # Free text a person types: not blank once trimmed (the request models strip it), no NUL.
-NonBlankText = Annotated[str, Field(pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")]
+NonBlankText = Annotated[str, Field(pattern=rf"^[^\x00]*[^{WHITESPACE}\x00][^\x00]*$")]
 # Text a consumer can store: Postgres keeps no NUL character in text or jsonb, so an event
 # carrying one would be accepted at the edge and then fail in every consumer (dead-lettered).
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]

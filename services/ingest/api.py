@@ -13,16 +13,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from shared.app import Producer
 from shared.events import utcnow
-from shared.http import Problem, bearer_token, field_path, invalid_fields, malformed_json, token_matches
+from shared.http import Problem, field_path, invalid_fields, malformed_json, token_matches
 from shared.kafka import EventProducer
+from shared.openapi import problems
 
 from . import service
 from .domain import (
+    FORM_SCALARS,
     UTM_NAMES,
     BatchInput,
     CampaignEventInput,
@@ -30,6 +33,7 @@ from .domain import (
     RateLimiter,
     context,
     form_field_path,
+    form_name_errors,
     form_to_input,
     item_errors,
     safe_redirect,
@@ -44,10 +48,19 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # --- dependencies -----------------------------------------------------------------------
 
 
-async def write_key(request: Request, settings: Settings) -> str:
+# Both ways of sending the write key, declared in the document; write_key checks them.
+_BEARER = HTTPBearer(auto_error=False, description="A write key")
+_QUERY_KEY = APIKeyQuery(name="key", auto_error=False, description="A write key, for HTML forms and beacons")
+
+
+async def write_key(
+    settings: Settings,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    query_key: Annotated[str | None, Depends(_QUERY_KEY)],
+) -> str:
     """The write key from `Authorization: Bearer`, or from `?key=` (HTML forms and
     beacons cannot set headers), compared in constant time."""
-    key = bearer_token(request) or request.query_params.get("key")
+    key = (bearer.credentials if bearer is not None else None) or query_key
     if not token_matches(key, settings.write_keys):
         raise Problem(
             401,
@@ -136,7 +149,9 @@ class Accepted(BaseModel):
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema with its $defs inlined, to embed in openapi_extra."""
+    """The model's JSON schema with its $defs inlined, to embed in openapi_extra. Inside a
+    batch an item's `type` is required (it picks the model); the discriminator's mapping
+    would point at the removed $defs, and `oneOf` over the `type` constants says the same."""
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
@@ -144,7 +159,12 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
         if isinstance(node, dict):
             if "$ref" in node:
                 return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {k: resolve(v) for k, v in node.items()}
+            resolved = {k: resolve(v) for k, v in node.items() if k != "discriminator"}
+            if "discriminator" in node:
+                resolved["oneOf"] = [
+                    {**item, "required": [*item.get("required", []), "type"]} for item in resolved["oneOf"]
+                ]
+            return resolved
         if isinstance(node, list):
             return [resolve(v) for v in node]
         return node
@@ -152,30 +172,33 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return resolve(schema)
 
 
-HTML_FORM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["form_id", "email"],
-    "properties": {
-        **{
-            name: {"type": "string"}
-            for name in (
-                "event_id",
-                "occurred_at",
-                "form_id",
-                "email",
-                "name",
-                "company",
-                "phone",
-                "page_url",
-                "referrer",
-                "anonymous_id",
-                "redirect",
-            )
-        },
-        **{f"utm_{name}": {"type": "string"} for name in UTM_NAMES},
-    },
-    "additionalProperties": {"type": "string"},  # other inputs land in `fields`
-}
+def html_form_schema() -> dict[str, Any]:
+    """FormSubmissionInput as an HTML form posts it: every value a string, utm flat
+    (utm_source...), other inputs into `fields`. A blank input counts as not sent, so each
+    optional one may also be empty."""
+    model = inline_schema(FormSubmissionInput)["properties"]
+
+    def text(name: str) -> dict[str, Any]:
+        options = model[name].get("anyOf", [model[name]])
+        schema = {k: v for k, v in next(o for o in options if o.get("type") == "string").items() if k != "title"}
+        if "format" in schema:  # uuid, date-time: an empty input is not sent
+            return {"anyOf": [{"type": "string", "maxLength": 0}, schema]}
+        return schema
+
+    utm = model["utm"]["properties"]
+    properties = {name: text(name) for name in sorted(FORM_SCALARS)}
+    properties |= {f"utm_{name}": {k: v for k, v in utm[name]["anyOf"][0].items()} for name in UTM_NAMES}
+    properties["redirect"] = {"type": "string"}
+    fields = model["fields"]
+    return {
+        "type": "object",
+        "required": ["form_id", "email"],
+        "properties": properties,
+        # Other inputs land in `fields` (`key` is the write key, never forwarded).
+        "additionalProperties": fields["additionalProperties"],
+        "propertyNames": fields["propertyNames"],
+        "maxProperties": fields["maxProperties"] + len(properties) + 1,
+    }
 
 
 def request_body(*media: tuple[str, dict[str, Any]]) -> dict[str, Any]:
@@ -184,13 +207,7 @@ def request_body(*media: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Accepted, "description": "Every event acknowledged by Kafka"},
-    400: {"description": "Malformed JSON"},
-    401: {"description": "Missing or unknown write key"},
-    413: {"description": "Request over 512 KB, or an event over 32 KB"},
-    415: {"description": "Unsupported content type"},
-    422: {"description": "Invalid fields (paths listed)"},
-    429: {"description": "Rate limit of the write key (see Retry-After)"},
-    503: {"description": "Kafka did not acknowledge in time (see Retry-After)"},
+    **problems(400, 401, 413, 415, 422, 429, 503),
 }
 
 # --- routes -----------------------------------------------------------------------------
@@ -202,7 +219,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     responses={**RESPONSES, 303: {"description": "HTML form post: on to its allowed `redirect`"}},
     openapi_extra=request_body(
         (JSON, inline_schema(FormSubmissionInput)),
-        ("application/x-www-form-urlencoded", HTML_FORM_SCHEMA),
+        ("application/x-www-form-urlencoded", html_form_schema()),
     ),
 )
 async def post_form_submission(
@@ -222,6 +239,8 @@ async def post_form_submission(
                 [{"field": n, "message": "files are not accepted", "type": "file"} for n in files],
                 "Files are not accepted.",
             )
+        if bad_names := form_name_errors(pairs):  # type: ignore[arg-type]
+            raise invalid_fields(bad_names)
         body, redirect = form_to_input(pairs)  # type: ignore[arg-type]
         try:
             submission = FormSubmissionInput.model_validate(body, context=ctx)

@@ -16,11 +16,23 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.errors import InvalidField
-from shared.events import CampaignEvent, CurrencyCode, Envelope, FormSubmission, Money, Text, Utm, normalise_email
+from shared.events import (
+    WHITESPACE,
+    CampaignEvent,
+    CurrencyCode,
+    Envelope,
+    FormSubmission,
+    Money,
+    Text,
+    UtcDatetime,
+    Utm,
+    money_input,
+    normalise_email,
+)
 from shared.http import field_path
 from shared.rules import CLOCK_SKEW, EARLIEST_OCCURRED_AT, check_currency
 from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic
@@ -33,8 +45,11 @@ CENT = Decimal("0.01")
 # Pragmatic, not RFC 5322: one @, something before it, a dotted domain after it, no
 # whitespace or control characters inside. Leads normalises (strips, lowercases); ingest
 # passes the address on as typed, so a stray space around it is no reason to lose a lead.
-_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+")
+_NOT_IN_EMAIL = rf"@{WHITESPACE}\x00-\x1f\x7f"
+_EMAIL = re.compile(rf"[^{_NOT_IN_EMAIL}]+@[^{_NOT_IN_EMAIL}.]+(\.[^{_NOT_IN_EMAIL}.]+)+")
 MAX_EMAIL_LENGTH = 254
+# The same rule for the OpenAPI document (surrounding whitespace is trimmed, so allowed).
+EMAIL_PATTERN = rf"^[{WHITESPACE}]*{_EMAIL.pattern}[{WHITESPACE}]*$"
 
 
 def is_valid_email(email: str) -> bool:
@@ -52,6 +67,13 @@ def context(currency: str, now: datetime, clock_skew: timedelta = CLOCK_SKEW) ->
 ShortText = Annotated[Text, Field(max_length=200)]
 UrlText = Annotated[Text, Field(max_length=2048)]
 FieldName = Annotated[Text, Field(min_length=1, max_length=100)]
+_NO_NUL = r"^[^\x00]*$"
+FIELDS_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_FORM_FIELDS,
+    "propertyNames": {"minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
+    "additionalProperties": {"type": "string", "pattern": _NO_NUL},
+}
 
 
 class EventInput(BaseModel):
@@ -60,7 +82,7 @@ class EventInput(BaseModel):
 
     # The client's id makes retries safe: the same id twice is one event downstream.
     event_id: uuid.UUID | None = None
-    occurred_at: AwareDatetime | None = None  # naive timestamps are refused (which zone?)
+    occurred_at: UtcDatetime | None = None  # naive timestamps are refused (which zone?)
 
     @field_validator("occurred_at")
     @classmethod
@@ -81,14 +103,16 @@ class EventInput(BaseModel):
 class FormSubmissionInput(EventInput):
     type: Literal["form_submission"] = "form_submission"  # required only inside a batch
     form_id: Text = Field(min_length=1, max_length=100)
-    email: str = Field(json_schema_extra={"format": "email"})
+    email: str = Field(json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": MAX_EMAIL_LENGTH})
     name: ShortText | None = None
     company: ShortText | None = None
     phone: ShortText | None = None
     page_url: UrlText | None = None
     referrer: UrlText | None = None
     anonymous_id: ShortText | None = None
-    fields: dict[FieldName, Text] = Field(default_factory=dict, max_length=MAX_FORM_FIELDS)
+    fields: Annotated[dict[FieldName, Text], WithJsonSchema(FIELDS_SCHEMA)] = Field(
+        default_factory=dict, max_length=MAX_FORM_FIELDS
+    )
     utm: Utm = Field(default_factory=Utm)
 
     @field_validator("email")
@@ -101,7 +125,7 @@ class FormSubmissionInput(EventInput):
 
 class CostInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    amount: Decimal = Field(ge=0, max_digits=18, decimal_places=2, allow_inf_nan=False)
+    amount: money_input(positive=False, integer_digits=16)  # type: ignore[valid-type]
     currency: CurrencyCode
 
     @field_validator("currency")
@@ -113,12 +137,32 @@ class CostInput(BaseModel):
             raise PydanticCustomError("currency_mismatch", "{message}", {"message": refused.message}) from None
 
 
+# The rules between `event`, `cost` and `count`, as the document states them.
+SPEND_RULES = {
+    "if": {"properties": {"event": {"const": "spend"}}, "required": ["event"]},
+    "then": {"required": ["cost"], "properties": {"cost": {"type": "object"}, "count": {"const": 1}}},
+    "else": {"properties": {"cost": {"type": "null"}}},
+}
+
+
+def integral(value: object) -> object:
+    """JSON Schema's integer: 66 and 66.0 alike; never a string, a bool or 66.5."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "expected a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError("int_from_float", "expected a whole number")
+        return int(value)
+    return value
+
+
 class CampaignEventInput(EventInput):
+    model_config = ConfigDict(json_schema_extra={"allOf": [SPEND_RULES]})
     type: Literal["campaign_event"] = "campaign_event"  # required only inside a batch
     campaign_id: Text = Field(min_length=1, max_length=200)  # = utm.campaign on the website
     channel: Text = Field(min_length=1, max_length=200)  # = utm.medium: cpc, email, social...
     event: Literal["impression", "click", "spend"]
-    count: int = Field(default=1, ge=1, le=1_000_000_000, strict=True)
+    count: Annotated[int, BeforeValidator(integral)] = Field(default=1, ge=1, le=1_000_000_000)
     cost: CostInput | None = Field(default=None, validate_default=True)
 
     @field_validator("count")
@@ -170,7 +214,7 @@ def to_envelope(item: FormSubmissionInput | CampaignEventInput, now: datetime) -
     else:
         cost = None
         if item.cost is not None:
-            # Always two decimals ("1E+2" -> "100.00"); adding 0 turns -0 into 0.
+            # Always two decimals (100 -> "100.00"); adding 0 turns -0 into 0.
             cost = Money(amount=item.cost.amount.quantize(CENT) + 0, currency=item.cost.currency)
         data = CampaignEvent(
             campaign_id=item.campaign_id, channel=item.channel, event=item.event, count=item.count, cost=cost
@@ -182,7 +226,7 @@ def to_envelope(item: FormSubmissionInput | CampaignEventInput, now: datetime) -
 
 # --- HTML forms -------------------------------------------------------------------------
 
-_FORM_SCALARS = frozenset(
+FORM_SCALARS = frozenset(
     ("event_id", "occurred_at", "form_id", "email", "name", "company", "phone", "page_url", "referrer", "anonymous_id")
 )
 _UTM_PREFIX = "utm_"
@@ -206,7 +250,7 @@ def form_to_input(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], str
     utm: dict[str, str] = {}
     fields: dict[str, str] = {}
     for name, value in joined.items():
-        if name in _FORM_SCALARS:
+        if name in FORM_SCALARS:
             body[name] = value
         elif name.startswith(_UTM_PREFIX) and name[len(_UTM_PREFIX) :] in UTM_NAMES:
             utm[name[len(_UTM_PREFIX) :]] = value
@@ -217,6 +261,21 @@ def form_to_input(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], str
     if fields:
         body["fields"] = fields
     return body, joined.get("redirect")
+
+
+def form_name_errors(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """Input names the document refuses (1-100 characters, no NUL), blank inputs included:
+    a blank input is not sent on, but its name is still part of the request."""
+    names = dict.fromkeys(name for name, _ in pairs)
+    return [
+        {
+            "field": name.replace("\x00", "\\x00")[:100],
+            "message": "input names have 1-100 characters, no NUL",
+            "type": "name",
+        }
+        for name in names
+        if not 1 <= len(name) <= 100 or "\x00" in name
+    ]
 
 
 def form_field_path(loc: Sequence[Any]) -> str:

@@ -114,7 +114,7 @@ def test_times_before_2000_are_refused_as_unset_clocks_or_typos():
 
 
 def test_spend_needs_a_cost_in_the_configured_currency_with_at_most_two_decimals():
-    spend = campaign(event="spend", cost={"amount": "1E+2", "currency": "EUR"})
+    spend = campaign(event="spend", cost={"amount": 100, "currency": "EUR"})
     data = to_envelope(spend, NOW)[1].data
     assert isinstance(data, CampaignEvent)
     assert data.cost is not None and str(data.cost.amount) == "100.00" and data.cost.currency == "EUR"
