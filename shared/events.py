@@ -12,7 +12,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -57,6 +57,15 @@ def rfc3339(value: object) -> object:
         return value
     raise PydanticCustomError("datetime_format", "expected an RFC 3339 date-time, e.g. 2025-03-01T09:30:00+01:00")
 
+
+def iso_date(value: object) -> object:
+    """Only what `format: date` promises (YYYY-MM-DD): pydantic alone would take Unix seconds."""
+    if isinstance(value, date) or (isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", value)):
+        return value
+    raise PydanticCustomError("date_format", "expected an RFC 3339 date, e.g. 2025-03-31")
+
+
+IsoDate = Annotated[date, BeforeValidator(iso_date)]
 
 # Every timestamp Embudo stores or publishes is timezone-aware and normalised to UTC; API
 # models take it for client timestamps too, so the out-of-range ones are a 422.

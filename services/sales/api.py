@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
 from shared.errors import InvalidField
-from shared.events import Amount, CurrencyCode, NonBlankText, Text, UtcDatetime, money_input
+from shared.events import Amount, CurrencyCode, IsoDate, NonBlankText, Text, UtcDatetime, money_input
 from shared.http import require_api_token
 from shared.openapi import problems
 from shared.pagination import Page, cursor_param, decode_cursor, page_of
@@ -65,7 +65,7 @@ class DealChanges(HasOpenStage):
     stage: OpenDealStage | None = None
     amount: PositiveAmount | None = None
     currency: CurrencyCode | None = None
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     occurred_at: UtcDatetime | None = None  # when the stage moved
 
 
@@ -184,7 +184,7 @@ async def get_deal(deal_id: uuid.UUID, pool: DbPool, settings: Settings) -> Deal
     return deal_detail(await service.deal_view(pool, deal_id), settings)
 
 
-@router.post("/deals", response_model=DealDetail, status_code=201, responses=problems(400, 404, 413))
+@router.post("/deals", response_model=DealDetail, status_code=201, responses=problems(400, 404, 409, 413))
 async def create_deal(body: NewDeal, pool: DbPool, settings: Settings) -> DealDetail:
     view = await service.create_deal(
         pool,
