@@ -7,6 +7,7 @@ precisely. The OpenAPI request schemas are therefore declared by hand from the m
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
@@ -14,8 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.app import Producer
 from shared.events import utcnow
@@ -26,6 +28,7 @@ from shared.openapi import problems
 from . import service
 from .domain import (
     FORM_SCALARS,
+    MAX_FORM_INPUTS,
     UTM_NAMES,
     BatchInput,
     CampaignEventInput,
@@ -33,7 +36,7 @@ from .domain import (
     RateLimiter,
     context,
     form_field_path,
-    form_name_errors,
+    form_input_errors,
     form_to_input,
     item_errors,
     safe_redirect,
@@ -102,6 +105,17 @@ def problem_for(exc: ValidationError, path: Callable[[Sequence[Any]], str] = fie
     return invalid_fields([{"field": path(e["loc"]) or "body", "message": e["msg"], "type": e["type"]} for e in errors])
 
 
+async def read_form(request: Request) -> FormData:
+    """The posted form; a body that is no form (a multipart body without its boundary) is a
+    400 saying so, not the JSON one."""
+    try:
+        return await request.form()
+    except StarletteHTTPException as exc:
+        if exc.status_code != 400:
+            raise
+        raise Problem(400, f"The request body is not a valid form: {exc.detail}", title="Malformed form") from None
+
+
 async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any]) -> Any:
     if not is_json(media_type(request)):
         raise unsupported([JSON])
@@ -144,8 +158,8 @@ def accepted(event_ids: list[str]) -> JSONResponse:
 
 
 class Accepted(BaseModel):
-    accepted: int
-    event_ids: list[str]
+    accepted: int = Field(ge=1)
+    event_ids: list[uuid.UUID]  # in the order of the input
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -179,25 +193,28 @@ def html_form_schema() -> dict[str, Any]:
     model = inline_schema(FormSubmissionInput)["properties"]
 
     def text(name: str) -> dict[str, Any]:
-        options = model[name].get("anyOf", [model[name]])
-        schema = {k: v for k, v in next(o for o in options if o.get("type") == "string").items() if k != "title"}
-        if "format" in schema:  # uuid, date-time: an empty input is not sent
-            return {"anyOf": [{"type": "string", "maxLength": 0}, schema]}
-        return schema
+        options = [o for o in model[name].get("anyOf", [model[name]]) if o.get("type") != "null"]
+        if len(options) == 1 and "format" not in options[0]:  # texts: "" passes already
+            return {k: v for k, v in options[0].items() if k != "title"}
+        # event_id's spellings, occurred_at's date-time, or an empty input (not sent)
+        return {"anyOf": [{"type": "string", "maxLength": 0}, *options]}
 
     utm = model["utm"]["properties"]
     properties = {name: text(name) for name in sorted(FORM_SCALARS)}
     properties |= {f"utm_{name}": {k: v for k, v in utm[name]["anyOf"][0].items()} for name in UTM_NAMES}
+    # Never forwarded: where to send the visitor (followed only to an allowed host), and the
+    # write key should a form post it (only `?key=` is read).
     properties["redirect"] = {"type": "string"}
+    properties["key"] = {"type": "string"}
     fields = model["fields"]
     return {
         "type": "object",
         "required": ["form_id", "email"],
         "properties": properties,
-        # Other inputs land in `fields` (`key` is the write key, never forwarded).
+        # Other inputs land in `fields`.
         "additionalProperties": fields["additionalProperties"],
         "propertyNames": fields["propertyNames"],
-        "maxProperties": fields["maxProperties"] + len(properties) + 1,
+        "maxProperties": MAX_FORM_INPUTS,
     }
 
 
@@ -205,6 +222,10 @@ def request_body(*media: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {m: {"schema": s} for m, s in media}}}
 
 
+SEE_OTHER = {
+    "description": "HTML form post: every event acknowledged, on to its `redirect` (an allowed host)",
+    "headers": {"Location": {"description": "The form's `redirect`", "schema": {"type": "string"}}},
+}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Accepted, "description": "Every event acknowledged by Kafka"},
     **problems(400, 401, 413, 415, 422, 429, 503),
@@ -216,10 +237,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/form-submissions",
     status_code=202,
-    responses={**RESPONSES, 303: {"description": "HTML form post: on to its allowed `redirect`"}},
+    responses={**RESPONSES, 303: SEE_OTHER, 400: {**RESPONSES[400], "description": "Malformed JSON or form body"}},
     openapi_extra=request_body(
-        (JSON, inline_schema(FormSubmissionInput)),
-        ("application/x-www-form-urlencoded", html_form_schema()),
+        (JSON, inline_schema(FormSubmissionInput)), *((media, html_form_schema()) for media in FORM_TYPES)
     ),
 )
 async def post_form_submission(
@@ -231,7 +251,7 @@ async def post_form_submission(
     media = media_type(request)
     redirect = None
     if media in FORM_TYPES:
-        form = await request.form()
+        form = await read_form(request)
         pairs = form.multi_items()
         if any(isinstance(value, UploadFile) for _, value in pairs):
             files = [n for n, v in pairs if isinstance(v, UploadFile)]
@@ -239,8 +259,8 @@ async def post_form_submission(
                 [{"field": n, "message": "files are not accepted", "type": "file"} for n in files],
                 "Files are not accepted.",
             )
-        if bad_names := form_name_errors(pairs):  # type: ignore[arg-type]
-            raise invalid_fields(bad_names)
+        if refused := form_input_errors(pairs):  # type: ignore[arg-type]
+            raise invalid_fields(refused)
         body, redirect = form_to_input(pairs)  # type: ignore[arg-type]
         try:
             submission = FormSubmissionInput.model_validate(body, context=ctx)

@@ -40,6 +40,10 @@ from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic
 SOURCE = "ingest"
 MAX_BATCH_ITEMS = 500
 MAX_FORM_FIELDS = 50
+# An HTML form posts form_id, email and at most MAX_FORM_FIELDS more inputs, blank ones
+# included: a count the OpenAPI document can state (maxProperties), which keeps `fields`
+# within its limit whichever inputs they are.
+MAX_FORM_INPUTS = MAX_FORM_FIELDS + 2
 CENT = Decimal("0.01")
 
 # Pragmatic, not RFC 5322: one @, something before it, a dotted domain after it, no
@@ -50,6 +54,8 @@ _EMAIL = re.compile(rf"[^{_NOT_IN_EMAIL}]+@[^{_NOT_IN_EMAIL}.]+(\.[^{_NOT_IN_EMA
 MAX_EMAIL_LENGTH = 254
 # The same rule for the OpenAPI document (surrounding whitespace is trimmed, so allowed).
 EMAIL_PATTERN = rf"^[{WHITESPACE}]*{_EMAIL.pattern}[{WHITESPACE}]*$"
+# At most MAX_EMAIL_LENGTH once trimmed: maxLength would count the surrounding whitespace.
+EMAIL_LENGTH_PATTERN = rf"^[{WHITESPACE}]*[^{WHITESPACE}]{{1,{MAX_EMAIL_LENGTH}}}[{WHITESPACE}]*$"
 
 
 def is_valid_email(email: str) -> bool:
@@ -76,12 +82,23 @@ FIELDS_SCHEMA = {
 }
 
 
+# pydantic reads a UUID in four spellings: hyphenated (`format: uuid`), 32 bare hex digits,
+# in braces, or as a URN. The document names all four, so none is a surprise.
+_HEX = "[0-9a-fA-F]"
+_HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+UUID_SPELLINGS = [
+    {"type": "string", "format": "uuid"},
+    {"type": "string", "pattern": rf"^(?:{_HEX}{{32}}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED})$"},
+]
+EventId = Annotated[uuid.UUID, WithJsonSchema({"anyOf": UUID_SPELLINGS})]
+
+
 class EventInput(BaseModel):
     # Unknown fields are refused: a misspelt "emial" must not vanish silently.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # The client's id makes retries safe: the same id twice is one event downstream.
-    event_id: uuid.UUID | None = None
+    event_id: EventId | None = None
     occurred_at: UtcDatetime | None = None  # naive timestamps are refused (which zone?)
 
     @field_validator("occurred_at")
@@ -103,7 +120,7 @@ class EventInput(BaseModel):
 class FormSubmissionInput(EventInput):
     type: Literal["form_submission"] = "form_submission"  # required only inside a batch
     form_id: Text = Field(min_length=1, max_length=100)
-    email: str = Field(json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": MAX_EMAIL_LENGTH})
+    email: str = Field(json_schema_extra={"pattern": EMAIL_PATTERN, "allOf": [{"pattern": EMAIL_LENGTH_PATTERN}]})
     name: ShortText | None = None
     company: ShortText | None = None
     phone: ShortText | None = None
@@ -263,10 +280,14 @@ def form_to_input(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], str
     return body, joined.get("redirect")
 
 
-def form_name_errors(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
-    """Input names the document refuses (1-100 characters, no NUL), blank inputs included:
-    a blank input is not sent on, but its name is still part of the request."""
+def form_input_errors(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """Input names the document refuses (1-100 characters, no NUL), and more than
+    MAX_FORM_INPUTS inputs, blank inputs included: a blank input is not sent on, but it is
+    still part of the request. A name posted several times (checkboxes) is one input."""
     names = dict.fromkeys(name for name, _ in pairs)
+    if len(names) > MAX_FORM_INPUTS:
+        message = f"an HTML form may post at most {MAX_FORM_INPUTS} inputs: form_id, email and {MAX_FORM_FIELDS} more"
+        return [{"field": "body", "message": message, "type": "too_many_inputs"}]
     return [
         {
             "field": name.replace("\x00", "\\x00")[:100],

@@ -172,6 +172,16 @@ async def test_impressions_count_defaults_to_one(client, campaigns):
     assert counts == [("click", 1), ("impression", 250)]
 
 
+async def test_a_count_of_66_0_is_json_schemas_integer_66(client, campaigns):
+    response = await client.post("/v1/campaign-events", json={**click(), "count": 66.0}, headers=AUTH)
+    assert response.status_code == 202, response.text
+    [record] = await campaigns.read_until(lambda r: len(r) >= 1)
+    assert json.loads(record.value)["data"]["count"] == 66
+    for refused in (66.5, "66", True):
+        problem = assert_problem(await client.post("/v1/campaign-events", json=click(count=refused), headers=AUTH), 422)
+        assert fields_of(problem) == ["count"]
+
+
 async def test_a_mixed_batch_lands_on_both_topics_with_the_ids_in_order(client, forms, campaigns):
     mine = str(uuid.uuid4())
     batch = [
@@ -253,6 +263,47 @@ async def test_an_html_form_post_names_bad_inputs_by_their_form_names(client):
     assert fields_of(assert_problem(response, 422)) == ["email", "utm_source"]
     response = await client.post("/v1/form-submissions", data=FORM)  # no ?key=
     assert_problem(response, 401)
+
+
+async def test_an_html_form_posts_at_most_50_inputs_besides_form_id_and_email(client, forms):
+    fifty = {f"question_{i}": "yes" for i in range(50)}
+    response = await client.post(
+        f"/v1/form-submissions?key={KEY}", data={"form_id": "long", "email": "long@example.org", **fifty}
+    )
+    assert response.status_code == 202, response.text
+    [record] = await forms.read_until(lambda r: len(r) >= 1)
+    assert Envelope.from_bytes(record.value).data.fields == fifty
+    # One more input, blank or not, named or not, is one too many: the count the document states.
+    for extra in ({"name": ""}, {"question_50": ""}, {"utm_source": "x"}):
+        data = {"form_id": "long", "email": "long@example.org", **fifty, **extra}
+        problem = assert_problem(await client.post(f"/v1/form-submissions?key={KEY}", data=data), 422)
+        assert [(e["field"], e["type"]) for e in problem["errors"]] == [("body", "too_many_inputs")]
+
+
+async def test_an_html_form_input_with_a_nameless_or_nul_name_is_422_even_blank(client):
+    for name in ("", "bad\x00name"):
+        data = {"form_id": "f", "email": "ana@example.org", name: ""}
+        problem = assert_problem(await client.post(f"/v1/form-submissions?key={KEY}", data=data), 422)
+        assert [e["type"] for e in problem["errors"]] == ["name"]
+
+
+async def test_a_multipart_form_post_is_accepted_and_a_broken_one_is_400_malformed_form(client, forms):
+    fields = {"form_id": (None, "newsletter"), "email": (None, "multi@example.org"), "interest": (None, "crm")}
+    response = await client.post(f"/v1/form-submissions?key={KEY}", files=fields)
+    assert response.status_code == 202, response.text
+    [record] = await forms.read_until(lambda r: len(r) >= 1)
+    assert Envelope.from_bytes(record.value).data.fields == {"interest": "crm"}
+    broken = await client.post(
+        f"/v1/form-submissions?key={KEY}", content=b"form_id=x", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert assert_problem(broken, 400)["title"] == "Malformed form"
+
+
+async def test_every_event_id_spelling_the_document_names_is_read_as_that_uuid(client):
+    event_id = uuid.uuid4()
+    for spelling in (str(event_id), event_id.hex, f"{{{event_id}}}", event_id.urn):
+        response = await client.post("/v1/campaign-events", json=click(event_id=spelling), headers=AUTH)
+        assert response.json()["event_ids"] == [str(event_id)]
 
 
 async def test_cors_preflight_is_answered_for_configured_origins_only(ingest_settings):
@@ -372,6 +423,8 @@ async def test_invalid_fields_are_422_with_their_paths(client, path, body, field
         (click(occurred_at="2025-03-01T10:00:00"), "occurred_at", "timezone_aware"),
         (click(occurred_at=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()), "occurred_at", "future_timestamp"),
         (click(occurred_at="1970-01-01T00:00:00Z"), "occurred_at", "timestamp_too_old"),
+        (click(occurred_at=1700000000), "occurred_at", "datetime_format"),  # RFC 3339 only, as documented
+        (click(occurred_at="1700000000"), "occurred_at", "datetime_format"),
         (spend(currency="USD"), "cost.currency", "currency_mismatch"),
         ({**click(), "cost": {"amount": "1.00", "currency": "EUR"}}, "cost", "cost_refused"),
         ({**spend(), "cost": None}, "cost", "cost_required"),
@@ -379,6 +432,7 @@ async def test_invalid_fields_are_422_with_their_paths(client, path, body, field
         (spend(amount="-1"), "cost.amount", "greater_than_equal"),
         (spend(amount="NaN"), "cost.amount", "decimal_format"),
         (spend(amount="1E+2"), "cost.amount", "decimal_format"),  # plain decimals only, as documented
+        (spend(amount="12.500"), "cost.amount", "decimal_format"),
     ],
 )
 async def test_campaign_rules_are_422_naming_the_field(client, body, field, error_type):

@@ -6,17 +6,23 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import jsonschema_rs
 import pytest
-from pydantic import ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from services.ingest.domain import (
+    MAX_FORM_INPUTS,
     BatchInput,
     CampaignEventInput,
+    EventId,
     FormSubmissionInput,
     RateLimiter,
     TokenBucket,
     context,
     form_field_path,
+    form_input_errors,
     form_to_input,
     is_valid_email,
     item_errors,
@@ -66,6 +72,56 @@ def test_implausible_emails_are_not(email):
     assert not is_valid_email(email)
 
 
+# What str.strip() removes, and characters ECMA's \s counts as white space but Python's does not.
+_SPACES = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_EMAIL_SCHEMA = jsonschema_rs.validator_for(FormSubmissionInput.model_json_schema()["properties"]["email"])
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ana@example.com",
+        " \x1cana@example.com\u3000",  # trimmed: \x1c is white space to Python, not to ECMA
+        "\ufeffana@example.com",  # \ufeff is no white space to Python: part of the address
+        "ana..lopez@example.com",  # not RFC 5321 (format: email refuses it), but ingest's rule
+        "ana@localhost",  # the other way round: RFC 5321 takes it, ingest does not
+        "a b@example.com",
+        " " * 20 + "a" * 249 + "@b.co",  # 254 once trimmed
+        "a" * 250 + "@b.co",
+    ],
+)
+def test_the_documents_email_schema_is_ingests_email_rule(email):
+    assert _EMAIL_SCHEMA.is_valid(email) == is_valid_email(email)
+
+
+@given(st.text(st.sampled_from([*_SPACES, *"ab.@\x00\x7f"]), max_size=16) | st.emails())
+@settings(max_examples=500, database=None)
+def test_the_documents_email_schema_agrees_with_ingest_on_any_text(email):
+    assert _EMAIL_SCHEMA.is_valid(email) == is_valid_email(email)
+
+
+def _reads_as_uuid(text: str) -> bool:
+    try:
+        TypeAdapter(EventId).validate_python(text)
+    except ValidationError:
+        return False
+    return True
+
+
+_EVENT_ID_SCHEMA = jsonschema_rs.validator_for(TypeAdapter(EventId).json_schema(), validate_formats=True)
+
+
+@given(
+    st.uuids().flatmap(
+        lambda u: st.sampled_from([str(u), u.hex, f"{{{u}}}", u.urn, str(u).upper(), u.urn.upper(), f"{{{u.hex}}}"])
+    )
+    | st.text("0123456789abcdef-{}:nuri", max_size=45)
+)
+@settings(max_examples=500, database=None)
+def test_the_documents_event_id_spellings_are_the_ones_ingest_reads(text):
+    assert _EVENT_ID_SCHEMA.is_valid(text) == _reads_as_uuid(text)
+
+
 def test_a_submission_is_keyed_by_normalised_email_and_keeps_the_email_as_typed():
     item = FormSubmissionInput.model_validate(
         {"form_id": "demo", "email": " Ana@Example.COM", "utm": {"campaign": "spring", "medium": "cpc"}},
@@ -104,6 +160,12 @@ def test_naive_and_future_timestamps_are_refused_but_small_clock_skew_is_not():
     assert campaign(event="click", occurred_at=(NOW + timedelta(minutes=4)).isoformat())
 
 
+def test_occurred_at_is_rfc_3339_never_unix_seconds():
+    for unix in (1700000000, "1700000000", 0.5):
+        refused = errors_of(lambda t=unix: campaign(event="click", occurred_at=t))
+        assert refused == [(("occurred_at",), "datetime_format")]
+
+
 def test_times_before_2000_are_refused_as_unset_clocks_or_typos():
     # 00:30 at +01:00 on New Year's Day 2000 is still 1999 in UTC.
     for implausible in ("1970-01-01T00:00:00Z", "0202-03-01T10:00:00+01:00", "2000-01-01T00:30:00+01:00"):
@@ -127,6 +189,10 @@ def test_spend_needs_a_cost_in_the_configured_currency_with_at_most_two_decimals
     assert errors_of(lambda: campaign(event="spend", cost={"amount": "1.005", "currency": "EUR"})) == [
         (("cost", "amount"), "decimal_max_places")
     ]
+    for unwritten in ("1E+2", "12.500", "-0", "+1", " 1", "NaN"):  # a plain decimal, as the document says
+        assert errors_of(lambda a=unwritten: campaign(event="spend", cost={"amount": a, "currency": "EUR"})) == [
+            (("cost", "amount"), "decimal_format")
+        ]
     assert errors_of(lambda: campaign(event="spend", cost={"amount": -1, "currency": "EUR"})) == [
         (("cost", "amount"), "greater_than_equal")
     ]
@@ -150,6 +216,18 @@ def test_impressions_and_clicks_refuse_a_cost_and_count_at_least_one():
     assert errors_of(lambda: campaign(event="impression", count=0)) == [(("count",), "greater_than_equal")]
     assert errors_of(lambda: campaign(event="impression", count="5")) == [(("count",), "int_type")]
     assert campaign(event="impression").count == 1
+
+
+def test_count_is_json_schemas_integer_so_66_0_is_66():
+    assert campaign(event="impression", count=66.0).count == 66
+    counted = CampaignEventInput.model_validate_json(
+        '{"campaign_id": "c", "channel": "cpc", "event": "click", "count": 1e3}', context=CTX
+    )
+    assert counted.count == 1000 and isinstance(counted.count, int)
+    assert campaign(event="spend", count=1.0, cost={"amount": "1", "currency": "EUR"}).count == 1
+    assert errors_of(lambda: campaign(event="impression", count=66.5)) == [(("count",), "int_from_float")]
+    for not_a_number in (True, "66", None):
+        assert errors_of(lambda c=not_a_number: campaign(event="impression", count=c)) == [(("count",), "int_type")]
 
 
 def test_unknown_fields_and_too_many_custom_fields_are_refused():
@@ -197,6 +275,23 @@ def test_batch_size_is_one_to_five_hundred():
             BatchInput.model_validate({"batch": [item] * size}, context=CTX)
         items, rest = item_errors(caught.value.errors())
         assert items == [] and [e["field"] for e in rest] == ["batch"]
+
+
+def test_an_html_form_posts_form_id_email_and_at_most_50_more_inputs_blank_ones_included():
+    required = [("form_id", "demo"), ("email", "ana@example.com")]
+    fifty = [(f"q{i}", "") for i in range(MAX_FORM_INPUTS - 2)]
+    assert form_input_errors(required + fifty) == []
+    assert form_input_errors(required + fifty + [("q0", "again")]) == []  # a checkbox group is one input
+    [refused] = form_input_errors(required + fifty + [("name", "")])
+    assert (refused["field"], refused["type"]) == ("body", "too_many_inputs")
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "a\x00"])
+def test_an_html_form_input_name_must_be_one_to_100_characters_without_nul_even_when_blank(name):
+    for value in ("", "x"):
+        [refused] = form_input_errors([("form_id", "demo"), ("email", "ana@example.com"), (name, value)])
+        assert refused["type"] == "name"
+    assert form_input_errors([("x" * 100, "")]) == []
 
 
 def test_an_html_form_maps_to_the_json_shape():
