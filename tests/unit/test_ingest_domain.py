@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import jsonschema_rs
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
@@ -94,8 +94,10 @@ def test_the_documents_email_schema_is_ingests_email_rule(email):
     assert _EMAIL_SCHEMA.is_valid(email) == is_valid_email(email)
 
 
+# too_slow: st.emails() builds its domain strategy on first use (seconds on a busy CI
+# machine); that is setup cost, not what this property is about.
 @given(st.text(st.sampled_from([*_SPACES, *"ab.@\x00\x7f"]), max_size=16) | st.emails())
-@settings(max_examples=500, database=None)
+@settings(max_examples=500, database=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_documents_email_schema_agrees_with_ingest_on_any_text(email):
     assert _EMAIL_SCHEMA.is_valid(email) == is_valid_email(email)
 
