@@ -165,6 +165,21 @@ class FormSubmission(EventData):
     utm: Utm = Field(default_factory=Utm)
 
 
+class PageView(EventData):
+    """A visitor seeing a page: the top of the funnel. Keyed by anonymous_id."""
+
+    event_type: ClassVar[str] = "page_view"
+    anonymous_id: str
+    url: str  # only its utm_* query parameters are kept: the others can carry personal data
+    referrer: str | None = None
+    title: str | None = None
+    utm: Utm = Field(default_factory=Utm)  # given, or read from the url's utm_* parameters
+
+    @property
+    def has_utm(self) -> bool:
+        return any(getattr(self.utm, name) for name in Utm.model_fields)
+
+
 class Money(BaseModel):
     model_config = ConfigDict(frozen=True)
     amount: Amount
@@ -183,10 +198,15 @@ class CampaignEvent(EventData):
 # --- leads --------------------------------------------------------------------------
 
 
+TouchKind = Literal["form_submission", "page_view"]
+
+
 class Touch(BaseModel):
-    """One marketing contact: where a submission came from."""
+    """One marketing contact: a form submission, or a visit that carried UTM parameters
+    (a page view of a visitor linked to the lead)."""
 
     model_config = ConfigDict(frozen=True)
+    kind: TouchKind = "form_submission"
     campaign_id: str | None = None  # = utm.campaign
     channel: str | None = None  # = utm.medium
     source: str | None = None
@@ -211,6 +231,8 @@ class LeadCreated(EventData):
     score: int = 0
     created_at: UtcDatetime
     attribution: Attribution
+    # The visitors (devices, by their anonymous ids) known to be this person, so far.
+    anonymous_ids: list[str] = Field(default_factory=list)
 
 
 class LeadTouched(EventData):
@@ -222,6 +244,7 @@ class LeadTouched(EventData):
     # An older submission arriving late can move created_at and the first touch back.
     created_at: UtcDatetime
     attribution: Attribution
+    anonymous_ids: list[str] = Field(default_factory=list)  # as in lead.created
 
 
 class LeadStageChanged(EventData):
@@ -295,6 +318,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
     cls.event_type: cls
     for cls in (
         FormSubmission,
+        PageView,
         CampaignEvent,
         LeadCreated,
         LeadTouched,

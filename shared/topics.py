@@ -23,6 +23,7 @@ from shared.events import (
     LeadCreated,
     LeadStageChanged,
     LeadTouched,
+    PageView,
 )
 
 
@@ -39,6 +40,12 @@ FORM_SUBMISSIONS = Topic(
     keyed_by="normalised email (one person's submissions stay in order)",
     partitions=6,
     event_types=(FormSubmission,),
+)
+PAGE_VIEWS = Topic(
+    "embudo.ingest.page-views.v1",
+    keyed_by="anonymous_id (one visitor's page views stay in order)",
+    partitions=6,
+    event_types=(PageView,),
 )
 CAMPAIGN_EVENTS = Topic(
     "embudo.ingest.campaign-events.v1",
@@ -71,7 +78,7 @@ def dead_letter_topic(consumer_group: str) -> Topic:
 
 
 CONSUMER_GROUPS = ("leads", "sales", "metrics")
-EVENT_TOPICS = (FORM_SUBMISSIONS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS)
+EVENT_TOPICS = (FORM_SUBMISSIONS, PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS)
 ALL_TOPICS = EVENT_TOPICS + tuple(dead_letter_topic(group) for group in CONSUMER_GROUPS)
 
 
