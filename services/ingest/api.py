@@ -1,4 +1,4 @@
-"""The ingest HTTP API: form submissions, campaign events and batches of both.
+"""The ingest HTTP API: form submissions, page views, campaign events and batches of them.
 
 Bodies are read raw and validated once by pydantic straight from the bytes (not through
 FastAPI's body parameters): that keeps the hot path lean and lets us answer 400/413/415
@@ -30,9 +30,11 @@ from .domain import (
     FORM_SCALARS,
     MAX_FORM_INPUTS,
     UTM_NAMES,
+    AnyInput,
     BatchInput,
     CampaignEventInput,
     FormSubmissionInput,
+    PageViewInput,
     RateLimiter,
     context,
     form_field_path,
@@ -46,6 +48,9 @@ from .settings import IngestSettings, Settings
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
 JSON = "application/json"
+# JSON sent as text/plain: a browser's beacon or keepalive fetch posts it cross-origin with
+# no CORS preflight.
+TEXT = "text/plain"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 # --- dependencies -----------------------------------------------------------------------
@@ -116,9 +121,12 @@ async def read_form(request: Request) -> FormData:
         raise Problem(400, f"The request body is not a valid form: {exc.detail}", title="Malformed form") from None
 
 
-async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any]) -> Any:
-    if not is_json(media_type(request)):
-        raise unsupported([JSON])
+async def read_json(
+    request: Request, model: type[BaseModel], ctx: dict[str, Any], accepted: Sequence[str] = (JSON,)
+) -> Any:
+    media = media_type(request)
+    if not (is_json(media) or media in accepted):
+        raise unsupported(accepted)
     try:
         return model.model_validate_json(await request.body(), context=ctx)
     except ValidationError as exc:
@@ -129,7 +137,7 @@ async def read_json(request: Request, model: type[BaseModel], ctx: dict[str, Any
 
 
 async def accept(
-    items: Sequence[FormSubmissionInput | CampaignEventInput],
+    items: Sequence[AnyInput],
     *,
     key: str,
     settings: IngestSettings,
@@ -278,6 +286,22 @@ async def post_form_submission(
 
 
 @router.post(
+    "/page-views",
+    status_code=202,
+    responses=RESPONSES,
+    openapi_extra=request_body(*((media, inline_schema(PageViewInput)) for media in (JSON, TEXT))),
+)
+async def post_page_view(
+    request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
+) -> Response:
+    """A visitor seeing a page (the tracker sends one on every load). JSON, also as text/plain."""
+    now = utcnow()
+    ctx = context(settings.currency, now, settings.clock_skew)
+    view = await read_json(request, PageViewInput, ctx, accepted=(JSON, TEXT))
+    return accepted(await accept([view], key=key, settings=settings, producer=producer, limiter=limiter, now=now))
+
+
+@router.post(
     "/campaign-events",
     status_code=202,
     responses=RESPONSES,
@@ -301,7 +325,7 @@ async def post_campaign_event(
 async def post_batch(
     request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
 ) -> Response:
-    """1–500 form submissions and campaign events, each with its `type`. All or nothing:
+    """1–500 form submissions, page views and campaign events, each with its `type`. All or nothing:
     one invalid item and none is published."""
     now = utcnow()
     if not is_json(media_type(request)):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
@@ -27,6 +27,7 @@ from shared.events import (
     Envelope,
     FormSubmission,
     Money,
+    PageView,
     Text,
     UtcDatetime,
     Utm,
@@ -35,7 +36,7 @@ from shared.events import (
 )
 from shared.http import field_path
 from shared.rules import CLOCK_SKEW, EARLIEST_OCCURRED_AT, check_currency
-from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, Topic
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, PAGE_VIEWS, Topic
 
 SOURCE = "ingest"
 MAX_BATCH_ITEMS = 500
@@ -69,6 +70,10 @@ def context(currency: str, now: datetime, clock_skew: timedelta = CLOCK_SKEW) ->
 
 
 # --- input ------------------------------------------------------------------------------
+
+# UTM parameters, as URLs and HTML forms spell them (utm_source...).
+_UTM_PREFIX = "utm_"
+UTM_NAMES = ("source", "medium", "campaign", "term", "content")
 
 ShortText = Annotated[Text, Field(max_length=200)]
 UrlText = Annotated[Text, Field(max_length=2048)]
@@ -200,7 +205,57 @@ class CampaignEventInput(EventInput):
         return value
 
 
-BatchItem = Annotated[FormSubmissionInput | CampaignEventInput, Field(discriminator="type")]
+# An absolute http(s) URL: a host of letters, digits, dots and hyphens (browsers send IDNs in
+# punycode), an optional port, then anything printable. No user-info: it is personal data.
+HTTP_URL_PATTERN = r"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9]([A-Za-z0-9.-]*)(:[0-9]{1,5})?([/?#][^\x00-\x20\x7f]*)?$"
+MAX_UTM_LENGTH = 200
+
+
+class PageViewInput(EventInput):
+    type: Literal["page_view"] = "page_view"  # required only inside a batch
+    anonymous_id: Text = Field(min_length=1, max_length=64)  # the visitor's id (the tracker's cookie)
+    url: str = Field(max_length=2048, pattern=HTTP_URL_PATTERN)
+    referrer: UrlText | None = None
+    title: Annotated[Text, Field(max_length=500)] | None = None
+    utm: Utm | None = None  # absent: read from the url's utm_* parameters
+
+
+def utm_of_url(url: str) -> Utm:
+    """The url's utm_* query parameters (the first of each name). A value that could not be
+    stored (NUL) counts as absent, and an overlong one is cut: the page view is kept either
+    way, since the visitor did arrive."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=False):
+        key = name[len(_UTM_PREFIX) :] if name.startswith(_UTM_PREFIX) else None
+        if key in UTM_NAMES and key not in values and "\x00" not in value and value.strip():
+            values[key] = value[:MAX_UTM_LENGTH]
+    return Utm(**values)
+
+
+def url_without_personal_data(url: str) -> str:
+    """Scheme, host, path and only the utm_* query parameters: other parameters and the
+    fragment can carry emails, tokens or search terms, which a page view must not keep."""
+    parts = urlsplit(url)
+    utm = [(n, v) for n, v in parse_qsl(parts.query, keep_blank_values=True) if n.startswith(_UTM_PREFIX)]
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, urlencode(utm), ""))
+
+
+def referrer_without_personal_data(referrer: str | None) -> str | None:
+    """Where the visitor came from, without its query or fragment (a search page's query is
+    what the visitor typed); None when it is empty or no URL."""
+    if not referrer or not referrer.strip():
+        return None
+    try:
+        parts = urlsplit(referrer.strip())
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc:
+        return None
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
+
+
+AnyInput = FormSubmissionInput | CampaignEventInput | PageViewInput
+BatchItem = Annotated[AnyInput, Field(discriminator="type")]
 
 
 class BatchInput(BaseModel):
@@ -211,11 +266,21 @@ class BatchInput(BaseModel):
 # --- input to events --------------------------------------------------------------------
 
 
-def to_envelope(item: FormSubmissionInput | CampaignEventInput, now: datetime) -> tuple[Topic, Envelope]:
+def to_envelope(item: AnyInput, now: datetime) -> tuple[Topic, Envelope]:
     """The event and its topic. Submissions are keyed by normalised email (one person's
-    stay in order), campaign events by campaign_id."""
-    if isinstance(item, FormSubmissionInput):
-        data: FormSubmission | CampaignEvent = FormSubmission(
+    stay in order), page views by anonymous_id, campaign events by campaign_id."""
+    data: FormSubmission | CampaignEvent | PageView
+    if isinstance(item, PageViewInput):
+        data = PageView(
+            anonymous_id=item.anonymous_id,
+            url=url_without_personal_data(item.url),
+            referrer=referrer_without_personal_data(item.referrer),
+            title=item.title,
+            utm=item.utm if item.utm is not None else utm_of_url(item.url),
+        )
+        topic, key = PAGE_VIEWS, item.anonymous_id
+    elif isinstance(item, FormSubmissionInput):
+        data = FormSubmission(
             form_id=item.form_id,
             email=item.email,
             name=item.name,
@@ -246,8 +311,6 @@ def to_envelope(item: FormSubmissionInput | CampaignEventInput, now: datetime) -
 FORM_SCALARS = frozenset(
     ("event_id", "occurred_at", "form_id", "email", "name", "company", "phone", "page_url", "referrer", "anonymous_id")
 )
-_UTM_PREFIX = "utm_"
-UTM_NAMES = ("source", "medium", "campaign", "term", "content")
 # Never forwarded: where to send the visitor, and the write key should a form post it.
 _FORM_CONTROLS = frozenset(("redirect", "key"))
 
@@ -339,7 +402,7 @@ def item_errors(errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         loc = error["loc"]
         if len(loc) >= 2 and loc[0] == "batch" and isinstance(loc[1], int):
             inner = loc[2:]
-            if inner and inner[0] in ("form_submission", "campaign_event"):
+            if inner and inner[0] in ("form_submission", "campaign_event", "page_view"):
                 inner = inner[1:]  # the union's tag, not a field
             path = field_path(inner) if inner else "type"  # a missing or unknown "type"
             described = {"field": path, "message": error["msg"], "type": error["type"]}

@@ -14,7 +14,7 @@ from shared.errors import RateLimited, TooLarge
 from shared.kafka import EventProducer, PublishUnavailable
 
 from . import store
-from .domain import CampaignEventInput, FormSubmissionInput, RateLimiter, to_envelope
+from .domain import AnyInput, RateLimiter, to_envelope
 
 
 class NotAcknowledged(Exception):
@@ -26,7 +26,7 @@ class NotAcknowledged(Exception):
 
 
 async def accept(
-    items: Sequence[FormSubmissionInput | CampaignEventInput],
+    items: Sequence[AnyInput],
     *,
     write_key: str,
     producer: EventProducer,

@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaConsumer
 
 from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
-from shared.events import CampaignEvent, Envelope, FormSubmission
+from shared.events import CampaignEvent, Envelope, FormSubmission, PageView
 from shared.settings import DEV_WRITE_KEY
-from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, ensure_topics
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, PAGE_VIEWS, ensure_topics
 from tests.support import eventually, serve
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ async def create_visible_topics(bootstrap: str, prefix: str) -> None:
     """Create this test's topics and wait until the broker's metadata lists them: a reader
     opened on a topic its metadata does not show yet would silently read nothing."""
     await ensure_topics(bootstrap, prefix=prefix)
-    names = [prefix + topic.name for topic in (FORM_SUBMISSIONS, CAMPAIGN_EVENTS)]
+    names = [prefix + topic.name for topic in (FORM_SUBMISSIONS, CAMPAIGN_EVENTS, PAGE_VIEWS)]
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await probe.start()
     try:
@@ -95,6 +95,11 @@ async def forms(topic_reader, topic_prefix):
 @pytest.fixture
 async def campaigns(topic_reader, topic_prefix):
     return await topic_reader(topic_prefix + CAMPAIGN_EVENTS.name)
+
+
+@pytest.fixture
+async def page_views(topic_reader, topic_prefix):
+    return await topic_reader(topic_prefix + PAGE_VIEWS.name)
 
 
 def assert_problem(response, status: int) -> dict:
@@ -211,6 +216,47 @@ async def test_the_same_event_id_twice_is_the_same_event_id_on_the_topic(client,
         assert response.json()["event_ids"] == [event_id]
     records = await campaigns.read_until(lambda r: len(r) >= 2)
     assert [str(Envelope.from_bytes(r.value).event_id) for r in records] == [event_id, event_id]
+
+
+async def test_a_page_view_reaches_its_topic_keyed_by_visitor_without_personal_url_parameters(client, page_views):
+    url = "https://www.example.org/pricing?utm_source=google&utm_medium=cpc&utm_campaign=spring&email=ana%40x.es"
+    response = await client.post(
+        "/v1/page-views", json={"anonymous_id": "visitor-1", "url": url, "title": "Pricing"}, headers=AUTH
+    )
+    assert response.status_code == 202, response.text
+    [record] = await page_views.read_until(lambda r: len(r) >= 1)
+    assert record.key == b"visitor-1"
+    event = Envelope.from_bytes(record.value)
+    assert str(event.event_id) == response.json()["event_ids"][0]
+    assert isinstance(event.data, PageView)
+    assert event.data.url == "https://www.example.org/pricing?utm_source=google&utm_medium=cpc&utm_campaign=spring"
+    assert (event.data.utm.campaign, event.data.utm.medium, event.data.title) == ("spring", "cpc", "Pricing")
+    assert b"ana%40x.es" not in record.value and b"ana@x.es" not in record.value
+
+
+async def test_a_beacon_posts_a_page_view_as_text_plain_with_the_key_parameter(client, page_views):
+    body = json.dumps({"anonymous_id": "visitor-2", "url": "https://www.example.org/"})
+    response = await client.post(
+        f"/v1/page-views?key={KEY}", content=body, headers={"Content-Type": "text/plain;charset=UTF-8"}
+    )
+    assert response.status_code == 202, response.text
+    [record] = await page_views.read_until(lambda r: len(r) >= 1)
+    assert Envelope.from_bytes(record.value).data.anonymous_id == "visitor-2"
+    not_json = await client.post(f"/v1/page-views?key={KEY}", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert_problem(not_json, 400)
+
+
+async def test_page_views_go_in_a_batch_next_to_submissions(client, forms, page_views):
+    batch = [
+        {"type": "page_view", "anonymous_id": "visitor-3", "url": "https://www.example.org/?utm_campaign=march"},
+        {"type": "form_submission", **submission("c@example.com", anonymous_id="visitor-3")},
+    ]
+    response = await client.post("/v1/batch", json={"batch": batch}, headers=AUTH)
+    assert response.status_code == 202, response.text
+    [view] = events_of(await page_views.read_until(lambda r: len(r) >= 1))
+    [form] = events_of(await forms.read_until(lambda r: len(r) >= 1))
+    assert [str(view.event_id), str(form.event_id)] == response.json()["event_ids"]
+    assert view.data.utm.campaign == "march" and form.data.anonymous_id == "visitor-3"
 
 
 # --- HTML forms -------------------------------------------------------------------------

@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from services.ingest.domain import (
+    HTTP_URL_PATTERN,
     MAX_FORM_INPUTS,
     BatchInput,
     CampaignEventInput,
     EventId,
     FormSubmissionInput,
+    PageViewInput,
     RateLimiter,
     TokenBucket,
     context,
@@ -29,8 +31,8 @@ from services.ingest.domain import (
     safe_redirect,
     to_envelope,
 )
-from shared.events import CampaignEvent, FormSubmission
-from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS
+from shared.events import CampaignEvent, FormSubmission, PageView, Utm
+from shared.topics import CAMPAIGN_EVENTS, FORM_SUBMISSIONS, PAGE_VIEWS
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CTX = context("EUR", NOW)
@@ -374,3 +376,79 @@ def test_rate_limiter_keeps_one_bucket_per_key_and_reports_whole_seconds():
     assert limiter.take("a", 1, 0.0) == 2
     assert limiter.take("b", 1, 0.0) == 0
     assert RateLimiter(rate=0, burst=0).take("a", 10_000, 0.0) == 0  # turned off
+
+
+# --- page views -------------------------------------------------------------------------
+
+
+def page_view(**fields) -> PageViewInput:
+    return PageViewInput.model_validate({"anonymous_id": "v-1", "url": "https://shop.example/", **fields}, context=CTX)
+
+
+def test_a_page_view_keeps_only_the_utm_parameters_of_its_url_and_reads_its_utm_from_them():
+    view = page_view(
+        url="https://Shop.Example/pricing?email=ana%40example.com&utm_source=google&utm_campaign=spring+sale"
+        "&utm_medium=cpc&token=secret#section"
+    )
+    topic, envelope = to_envelope(view, NOW)
+    assert topic is PAGE_VIEWS and envelope.key == "v-1"
+    assert isinstance(envelope.data, PageView)
+    assert envelope.data.url == "https://shop.example/pricing?utm_source=google&utm_campaign=spring+sale&utm_medium=cpc"
+    assert envelope.data.utm == Utm(source="google", medium="cpc", campaign="spring sale")
+    assert envelope.data.has_utm
+
+
+def test_a_given_utm_wins_over_the_urls_and_a_referrer_loses_its_query():
+    view = page_view(
+        url="https://shop.example/?utm_campaign=from-url",
+        utm={"campaign": "given"},
+        referrer="https://www.google.com/search?q=ana+lopez+email#top",
+    )
+    data = to_envelope(view, NOW)[1].data
+    assert data.utm == Utm(campaign="given")
+    assert data.referrer == "https://www.google.com/search"
+
+
+def test_a_page_view_without_utm_has_none_and_an_empty_referrer_is_none():
+    data = to_envelope(page_view(referrer=""), NOW)[1].data
+    assert data.utm == Utm() and not data.has_utm and data.referrer is None
+
+
+def test_utm_values_from_a_url_are_cut_to_their_limit_and_unstorable_ones_dropped():
+    data = to_envelope(page_view(url=f"https://a.example/?utm_term={'x' * 300}&utm_content=a%00b"), NOW)[1].data
+    assert data.utm.term == "x" * 200 and data.utm.content is None
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://a.example/", "/relative/path", "https://", "https://user:pw@a.example/", "https://a.example/a b"]
+)
+def test_a_page_view_url_must_be_absolute_http_without_user_info(url):
+    with pytest.raises(ValidationError) as refused:
+        page_view(url=url)
+    assert [e["loc"] for e in refused.value.errors()] == [("url",)]
+
+
+@pytest.mark.parametrize("anonymous_id", ["", "x" * 65])
+def test_an_anonymous_id_has_1_to_64_characters(anonymous_id):
+    with pytest.raises(ValidationError):
+        page_view(anonymous_id=anonymous_id)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://a.example", "HTTP://a-b.example:8080/x?y=1#z", "https://a.example/ñ", "https://-a/", "http://a\tb"]
+)
+def test_the_url_pattern_means_the_same_to_the_document_and_to_the_model(url):
+    validator = jsonschema_rs.validator_for({"type": "string", "pattern": HTTP_URL_PATTERN})
+    try:
+        page_view(url=url)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert validator.is_valid(url) == accepted
+
+
+def test_page_views_go_in_batches_with_their_type():
+    batch = BatchInput.model_validate(
+        {"batch": [{"type": "page_view", "anonymous_id": "v-1", "url": "https://a.example/"}]}, context=CTX
+    )
+    assert isinstance(batch.batch[0], PageViewInput)
