@@ -1,9 +1,10 @@
 """Lead rules: identity facts, attribution, scoring and the stage lifecycle. No I/O.
 
-Everything derived from submissions (created_at, profile, score, first and last touch)
-comes from a LeadSummary: a merge of the lead's submissions in which every part is an
-earliest, a newest, a union or a count. So the result does not depend on the order in
-which Kafka delivered them, and a new submission costs the same however many came before.
+A lead's touches are its form submissions and the visits (page views carrying UTM) of the
+visitors linked to it. Everything derived from them (created_at, profile, score, first and
+last touch) comes from a LeadSummary: a merge of the lead's touches in which every part is
+an earliest, a newest, a union or a count. So the result does not depend on the order in
+which Kafka delivered them, and a new touch costs the same however many came before.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 from shared.errors import Conflict, InvalidField, OutOfOrder
-from shared.events import Attribution, FormSubmission, Touch, UtcDatetime
+from shared.events import Attribution, FormSubmission, PageView, Touch, UtcDatetime, Utm
 from shared.rules import LeadStage
 
 # --- submissions, profile, attribution -------------------------------------------------
@@ -47,17 +49,38 @@ class Submission:
         return self.touch.occurred_at
 
 
+@dataclass(frozen=True)
+class Visit:
+    """A page view that carried UTM parameters: a touch of every lead its visitor is linked to."""
+
+    event_id: uuid.UUID
+    anonymous_id: str
+    touch: Touch
+
+    @property
+    def occurred_at(self) -> datetime:
+        return self.touch.occurred_at
+
+
+def _utm(utm: Utm) -> dict[str, str | None]:
+    return {
+        "campaign_id": _clean(utm.campaign),
+        "channel": _clean(utm.medium),
+        "source": _clean(utm.source),
+        "term": _clean(utm.term),
+        "content": _clean(utm.content),
+    }
+
+
+def visitor_id(anonymous_id: str | None) -> str | None:
+    """The visitor a submission or page view names, if any. Ids are opaque: used as sent,
+    except that a blank one names nobody."""
+    return anonymous_id if anonymous_id and anonymous_id.strip() else None
+
+
 def submission_from(event_id: uuid.UUID, form: FormSubmission, occurred_at: datetime) -> Submission:
-    utm = form.utm
     touch = Touch(
-        campaign_id=_clean(utm.campaign),
-        channel=_clean(utm.medium),
-        source=_clean(utm.source),
-        term=_clean(utm.term),
-        content=_clean(utm.content),
-        form_id=form.form_id,
-        page_url=form.page_url,
-        occurred_at=occurred_at,
+        kind="form_submission", **_utm(form.utm), form_id=form.form_id, page_url=form.page_url, occurred_at=occurred_at
     )
     fields = {key: cleaned for key, value in form.fields.items() if (cleaned := _clean(value))}
     return Submission(
@@ -68,6 +91,17 @@ def submission_from(event_id: uuid.UUID, form: FormSubmission, occurred_at: date
         phone=_clean(form.phone),
         fields=fields,
     )
+
+
+def visit_from(event_id: uuid.UUID, view: PageView, occurred_at: datetime) -> Visit | None:
+    """The touch a page view is, or None when it carries no UTM value (blank ones count as
+    absent, as in submissions): a plain page view is no marketing contact."""
+    utm = _utm(view.utm)
+    anonymous_id = visitor_id(view.anonymous_id)
+    if anonymous_id is None or not any(utm.values()):
+        return None
+    touch = Touch(kind="page_view", **utm, page_url=view.url, occurred_at=occurred_at)
+    return Visit(event_id=event_id, anonymous_id=anonymous_id, touch=touch)
 
 
 def recency(occurred_at: datetime, event_id: uuid.UUID) -> tuple[datetime, str]:
@@ -119,23 +153,47 @@ def _newest(ours: dict[str, Answer], theirs: dict[str, Answer], keep: int | None
 
 
 class LeadSummary(BaseModel):
-    """What a lead's submissions add up to, stored with the lead (leads.summary).
+    """What a lead's touches add up to, stored with the lead (leads.summary).
 
     merge() is commutative and associative (earliest / newest by recency, set union,
-    sum), so any arrival order of the same submissions gives the same summary."""
+    sum), so any arrival order of the same touches gives the same summary."""
 
     model_config = ConfigDict(frozen=True)
-    first_touch: Touch
+    first_touch: Touch  # of any kind
     first_event_id: uuid.UUID
     last_touch: Touch
     last_event_id: uuid.UUID
+    # The earliest submission's occurred_at: the lead's created_at (a form creates a lead; a
+    # visit before it only moves the first touch). None in a summary of visits alone.
+    first_submitted_at: UtcDatetime | None
     answers: dict[str, Answer] = Field(default_factory=dict)  # name, company, phone: newest non-blank
     fields: dict[str, Answer] = Field(default_factory=dict)  # custom form fields, key by key
     forms: frozenset[str] = frozenset()  # distinct form_ids submitted
-    touch_count: NonNegativeInt = 1
+    touch_count: NonNegativeInt = 1  # touches of every kind
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_visits(cls, data: Any) -> Any:
+        # Summaries stored before visits were touches lack first_submitted_at: every touch
+        # then was a submission, so the first touch is the earliest one.
+        if isinstance(data, dict) and "first_submitted_at" not in data and "first_touch" in data:
+            first = data["first_touch"]
+            earliest = first["occurred_at"] if isinstance(first, dict) else first.occurred_at
+            data = {**data, "first_submitted_at": earliest}
+        return data
 
     @classmethod
-    def of(cls, sub: Submission) -> LeadSummary:
+    def of(cls, touch: Submission | Visit) -> LeadSummary:
+        if isinstance(touch, Visit):
+            return cls(
+                first_touch=touch.touch,
+                first_event_id=touch.event_id,
+                last_touch=touch.touch,
+                last_event_id=touch.event_id,
+                first_submitted_at=None,
+            )
+        sub = touch
+
         def answer(value: str) -> Answer:
             return Answer(value=value, occurred_at=sub.occurred_at, event_id=sub.event_id)
 
@@ -144,6 +202,7 @@ class LeadSummary(BaseModel):
             first_event_id=sub.event_id,
             last_touch=sub.touch,
             last_event_id=sub.event_id,
+            first_submitted_at=sub.occurred_at,
             answers={c: answer(v) for c in PROFILE_COLUMNS if (v := getattr(sub, c))},
             fields=_newest({}, {key: answer(value) for key, value in sub.fields.items()}, keep=MAX_CUSTOM_FIELDS),
             forms=frozenset({sub.touch.form_id} if sub.touch.form_id else ()),
@@ -154,19 +213,21 @@ class LeadSummary(BaseModel):
         ours_last = recency(self.last_touch.occurred_at, self.last_event_id)
         first = self if ours_first <= recency(other.first_touch.occurred_at, other.first_event_id) else other
         last = self if ours_last >= recency(other.last_touch.occurred_at, other.last_event_id) else other
+        submitted = [t for t in (self.first_submitted_at, other.first_submitted_at) if t is not None]
         return LeadSummary(
             first_touch=first.first_touch,
             first_event_id=first.first_event_id,
             last_touch=last.last_touch,
             last_event_id=last.last_event_id,
+            first_submitted_at=min(submitted, default=None),
             answers=_newest(self.answers, other.answers),
             fields=_newest(self.fields, other.fields, keep=MAX_CUSTOM_FIELDS),
             forms=self.forms | other.forms,
             touch_count=self.touch_count + other.touch_count,
         )
 
-    def add(self, sub: Submission) -> LeadSummary:
-        return self.merge(LeadSummary.of(sub))
+    def add(self, touch: Submission | Visit) -> LeadSummary:
+        return self.merge(LeadSummary.of(touch))
 
     @property
     def profile(self) -> Profile:
@@ -180,10 +241,10 @@ class LeadSummary(BaseModel):
         return Attribution(first_touch=self.first_touch, last_touch=self.last_touch)
 
 
-def summarise(submissions: list[Submission]) -> LeadSummary:
-    if not submissions:
-        raise ValueError("a lead has at least one submission")
-    summaries = [LeadSummary.of(sub) for sub in submissions]
+def summarise(touches: list[Submission | Visit]) -> LeadSummary:
+    if not touches:
+        raise ValueError("a lead has at least one touch")
+    summaries = [LeadSummary.of(touch) for touch in touches]
     summary = summaries[0]
     for other in summaries[1:]:
         summary = summary.merge(other)
@@ -217,7 +278,7 @@ class ScoringRules(BaseModel):
 
 def score(summary: LeadSummary, rules: ScoringRules) -> int:
     """Points for each distinct form submitted, for each answered profile item, and for
-    every touch after the first (capped)."""
+    every touch after the first, of any kind (capped)."""
     form_points = sum(rules.forms.points.get(form, rules.forms.other) for form in summary.forms)
     answered = summary.profile.filled()
     profile_points = sum(points for item, points in rules.profile.items() if item in answered)
@@ -228,14 +289,16 @@ def score(summary: LeadSummary, rules: ScoringRules) -> int:
 
 @dataclass(frozen=True)
 class ScoredLead:
-    """What a lead's submissions say about it, under the current scoring rules."""
+    """What a lead's touches say about it, under the current scoring rules."""
 
     summary: LeadSummary
     score: int
 
     @property
     def created_at(self) -> datetime:
-        return self.summary.first_touch.occurred_at
+        if self.summary.first_submitted_at is None:
+            raise ValueError("a lead has at least one submission")
+        return self.summary.first_submitted_at
 
     @property
     def profile(self) -> Profile:

@@ -19,18 +19,20 @@ from services.leads.domain import (
     MoveRefused,
     ScoringRules,
     Submission,
+    Visit,
     check_move,
     check_stage_time,
     promotes_to_mql,
     scored,
     submission_from,
     summarise,
+    visit_from,
 )
 from services.leads.domain import score as score_summary
 from services.leads.main import build_app
 from services.leads.settings import DEFAULT_SCORING_CONFIG, LeadsSettings, load_scoring_rules
 from shared.errors import OutOfOrder
-from shared.events import FormSubmission, Utm
+from shared.events import FormSubmission, PageView, Utm
 from shared.rules import CLOCK_SKEW, LEAD_STAGES
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -39,6 +41,13 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 def sub(minutes: int = 0, *, form_id: str = "contact", utm: Utm | None = None, **profile) -> Submission:
     form = FormSubmission(form_id=form_id, email="ana@example.com", utm=utm or Utm(), **profile)
     return submission_from(uuid.uuid4(), form, T0 + timedelta(minutes=minutes))
+
+
+def visit(minutes: int = 0, *, campaign: str = "spring", medium: str | None = "cpc") -> Visit:
+    view = PageView(anonymous_id="v-1", url="https://shop.example/", utm=Utm(campaign=campaign, medium=medium))
+    made = visit_from(uuid.uuid4(), view, T0 + timedelta(minutes=minutes))
+    assert made is not None
+    return made
 
 
 # --- lifecycle -------------------------------------------------------------------------
@@ -149,30 +158,40 @@ submissions = st.builds(
 )
 
 
+visits = st.builds(
+    lambda minutes, campaign: visit(minutes, campaign=campaign),
+    st.integers(0, 5),
+    st.sampled_from(["spring", "retargeting"]),
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(submissions, min_size=1, max_size=8), st.randoms(use_true_random=False))
-def test_summary_equals_a_recount_in_occurred_at_order_whatever_the_arrival_order(subs, random):
-    # The reference: read every submission oldest first, newer non-blank answers overwrite.
-    ordered = sorted(subs, key=lambda s: (s.occurred_at, str(s.event_id)))
+@given(st.lists(submissions, min_size=1, max_size=8), st.lists(visits, max_size=6), st.randoms(use_true_random=False))
+def test_summary_equals_a_recount_in_occurred_at_order_whatever_the_arrival_order(subs, views, random):
+    # The reference: read every touch oldest first, newer non-blank answers overwrite.
+    touches: list[Submission | Visit] = [*subs, *views]
+    ordered = sorted(touches, key=lambda s: (s.occurred_at, str(s.event_id)))
     name = company = None
     fields: dict[str, str] = {}
     for s in ordered:
-        name, company = s.name or name, s.company or company
-        fields.update(s.fields)
+        if isinstance(s, Submission):
+            name, company = s.name or name, s.company or company
+            fields.update(s.fields)
 
-    shuffled = random.sample(subs, len(subs))
+    shuffled = random.sample(touches, len(touches))
     one_by_one = LeadSummary.of(shuffled[0])
     for s in shuffled[1:]:
         one_by_one = one_by_one.add(s)
-    split = random.randint(1, len(subs))
-    halves = summarise(shuffled[:split]).merge(summarise(shuffled[split:])) if split < len(subs) else one_by_one
+    split = random.randint(1, len(touches))
+    halves = summarise(shuffled[:split]).merge(summarise(shuffled[split:])) if split < len(touches) else one_by_one
 
     for summary in (one_by_one, halves):
-        assert summary == summarise(subs)
+        assert summary == summarise(touches)
         assert summary.first_touch == ordered[0].touch and summary.last_touch == ordered[-1].touch
+        assert summary.first_submitted_at == min(s.occurred_at for s in subs)
         assert (summary.profile.name, summary.profile.company, summary.profile.fields) == (name, company, fields)
         assert summary.forms == {s.touch.form_id for s in subs}
-        assert summary.touch_count == len(subs)
+        assert summary.touch_count == len(touches)
 
 
 many_keys = st.builds(
@@ -208,8 +227,73 @@ def test_custom_fields_beyond_the_limit_drop_the_least_recently_answered():
 
 
 def test_a_summary_survives_its_json_round_trip():
-    summary = summarise([sub(0, name="Ana", fields={"size": "10"}), sub(5, form_id="pricing", company="Acme")])
+    summary = summarise([sub(0, name="Ana", fields={"size": "10"}), sub(5, form_id="pricing"), visit(-5)])
     assert LeadSummary.model_validate(json.loads(json.dumps(summary.model_dump(mode="json")))) == summary
+    visits_alone = summarise([visit(0), visit(1)])
+    assert visits_alone.first_submitted_at is None
+    assert LeadSummary.model_validate(json.loads(json.dumps(visits_alone.model_dump(mode="json")))) == visits_alone
+
+
+def test_a_summary_stored_before_visits_were_touches_takes_its_first_touch_as_the_first_submission():
+    summary = summarise([sub(10, name="Ana"), sub(20)])
+    stored = summary.model_dump(mode="json")
+    del stored["first_submitted_at"]
+    for touch in stored["first_touch"], stored["last_touch"]:
+        del touch["kind"]
+    old = LeadSummary.model_validate(stored)
+    assert old == summary
+    assert old.first_submitted_at == T0 + timedelta(minutes=10)
+    assert old.first_touch.kind == "form_submission"
+
+
+# --- visits ----------------------------------------------------------------------------------
+
+
+def test_a_page_view_with_utm_is_a_visit_touch():
+    view = PageView(
+        anonymous_id="v-9",
+        url="https://shop.example/pricing?utm_source=google",
+        title="Pricing",
+        utm=Utm(source="google", medium="cpc", campaign="spring", term="crm", content="ad1"),
+    )
+    made = visit_from(uuid.uuid4(), view, T0)
+    assert made is not None and made.anonymous_id == "v-9"
+    touch = made.touch
+    assert touch.kind == "page_view" and touch.form_id is None
+    assert touch.page_url == "https://shop.example/pricing?utm_source=google"
+    assert (touch.campaign_id, touch.channel, touch.source, touch.term, touch.content) == (
+        "spring",
+        "cpc",
+        "google",
+        "crm",
+        "ad1",
+    )
+    assert sub().touch.kind == "form_submission"
+
+
+@pytest.mark.parametrize(
+    "anonymous_id, utm",
+    [
+        ("v-1", Utm()),
+        ("v-1", Utm(campaign=" ", medium="", source="\t")),  # blank values count as absent
+        ("  ", Utm(campaign="spring")),  # nobody to link it to
+    ],
+)
+def test_a_page_view_without_utm_is_no_touch(anonymous_id, utm):
+    view = PageView(anonymous_id=anonymous_id, url="https://shop.example/", utm=utm)
+    assert visit_from(uuid.uuid4(), view, T0) is None
+
+
+def test_created_at_is_the_earliest_submission_and_the_first_touch_the_earliest_touch():
+    early_visit, form, late_visit = visit(-60, campaign="launch"), sub(0, form_id="demo-request"), visit(30)
+    for order in itertools.permutations([early_visit, form, late_visit]):
+        facts = scored(summarise(list(order)), RULES)
+        assert facts.created_at == T0
+        assert facts.attribution.first_touch == early_visit.touch
+        assert facts.attribution.last_touch == late_visit.touch
+        assert facts.touch_count == 3
+    with pytest.raises(ValueError, match="at least one submission"):
+        _ = scored(summarise([early_visit]), RULES).created_at
 
 
 def test_profile_newest_non_blank_answer_wins_item_by_item():
@@ -248,6 +332,11 @@ def test_score_adds_points_per_answered_profile_item():
     complete = sub(form_id="newsletter", name="Ana", company="Acme", fields={"job_title": "CTO"})
     assert score([complete], RULES) == 5 + 5 + 10 + 3
     assert score([sub(form_id="newsletter", phone="+34 600", fields={"other": "x"})], RULES) == 5
+
+
+def test_visits_count_as_repeat_touches_but_bring_no_form_or_profile_points():
+    assert score([sub(0, form_id="newsletter"), visit(5)], RULES) == 5 + 4
+    assert score([sub(0, form_id="newsletter"), *(visit(m) for m in range(1, 10))], RULES) == 5 + 10
 
 
 def test_repeat_touch_points_are_capped():
