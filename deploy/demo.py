@@ -3,8 +3,9 @@
     make demo                                 # 90 days of history against `make dev`
     make demo DEMO_ARGS="--days 30 --seed 7 --leads-per-day 10"
 
-Campaigns on several channels get daily impressions, clicks and spend; visitors submit
-forms (some come back, some arrive without UTM); marketing qualifies leads, sales works
+Campaigns on several channels get daily impressions, clicks and spend; every click lands a
+visitor who browses a few pages, some visitors arrive without UTM, and some of them submit
+forms (some come back, now and then from another device); marketing qualifies leads, sales works
 the deals that follow, wins some with amounts, loses others with reasons and objections,
 and records renewals. Every timestamp lies in the past, so the history fills the dashboard.
 """
@@ -126,14 +127,42 @@ class Demo:
                 ]
                 leads_today = sum(self.rng.random() < campaign.lead_rate for _ in range(clicks))
                 leads_today = max(0, round(leads_today * self.args.leads_per_day / 20))
-                for _ in range(leads_today):
-                    items.append(self.submission(date, visitors, campaign))
-            for _ in range(self.rng.randint(0, max(1, self.args.leads_per_day // 8))):  # organic, no UTM
-                items.append(self.submission(date, visitors, None))
+                # Every click lands a visit (scaled like the leads, so the rates stay believable).
+                visits = max(leads_today, round(clicks * self.args.leads_per_day / 20))
+                items += self.visits(date, visits, leads_today, visitors, campaign)
+            organic = self.rng.randint(0, max(1, self.args.leads_per_day // 8))  # no UTM
+            items += self.visits(date, organic * 10, organic, visitors, None)
         self.rng.shuffle(items)  # arrival order need not follow event time
         return items
 
-    def submission(self, date: datetime, visitors: list[str], campaign: Campaign | None) -> dict:
+    def visits(
+        self, date: datetime, count: int, converting: int, visitors: list[str], campaign: Campaign | None
+    ) -> list[dict]:
+        """`count` visitors' page views on one day: a landing page (with the campaign's UTM)
+        and a few more pages minutes apart; the first `converting` of them then submit a form."""
+        items: list[dict] = []
+        for n in range(count):
+            anonymous_id = f"v-{self.rng.getrandbits(48):012x}"
+            at = date + timedelta(hours=self.rng.uniform(7, 22))
+            query = ""
+            if campaign is not None:
+                utm = {"source": campaign.source, "medium": campaign.channel, "campaign": campaign.campaign_id}
+                query = "?" + "&".join(f"utm_{name}={value}" for name, value in utm.items())
+            for page in range(self.rng.randint(1, 4)):
+                path = self.rng.choice(["", "pricing", "product", "blog/funnels", "customers"])
+                items.append({
+                    "type": "page_view",
+                    "anonymous_id": anonymous_id,
+                    "url": f"https://www.example.com/{path}{query if page == 0 else ''}",
+                    "title": path.title() or "Home",
+                    "occurred_at": iso(at),
+                })  # fmt: skip
+                at += timedelta(minutes=self.rng.uniform(0.5, 6))
+            if n < converting:
+                items.append(self.submission(at, visitors, campaign, anonymous_id))
+        return items
+
+    def submission(self, at: datetime, visitors: list[str], campaign: Campaign | None, anonymous_id: str) -> dict:
         if visitors and self.rng.random() < 0.12:
             email = self.rng.choice(visitors)  # a returning visitor: a new touch, not a new lead
             email = email.upper() if self.rng.random() < 0.3 else f"  {email} "
@@ -142,7 +171,8 @@ class Demo:
             visitors.append(email)
         item = {
             "type": "form_submission",
-            "occurred_at": iso(date + timedelta(hours=self.rng.uniform(7, 22))),
+            "occurred_at": iso(at),
+            "anonymous_id": anonymous_id,
             "form_id": self.rng.choice(["contact", "demo-request", "ebook-download", "pricing"]),
             "email": email,
             "name": email.split(".")[0].strip().title(),
