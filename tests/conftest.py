@@ -1,8 +1,10 @@
 """Real infrastructure for the tests: a Kafka broker and a PostgreSQL server.
 
 Where they come from, in order: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL from the
-environment; testcontainers when a Docker engine answers; otherwise the native broker
-and database that deploy/local/*.sh start (idempotently) on this machine.
+environment; testcontainers when a Docker engine answers and has the image (where no
+registry is reachable, a running engine alone is no reason to wait for a pull that
+cannot succeed); otherwise the native broker and database that deploy/local/*.sh start
+(idempotently) on this machine.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import pytest
 from shared.topics import delete_topics, ensure_topics
 from tests.support import LOCAL, PrivateBroker, TopicReader
 
+KAFKA_IMAGE = "apache/kafka:4.1.0"
+POSTGRES_IMAGE = "postgres:16"
 
-def _docker_answers() -> bool:
+
+def _docker_has(image: str) -> bool:
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -31,10 +36,10 @@ def _docker_answers() -> bool:
 def kafka_bootstrap() -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    elif _docker_answers():
+    elif _docker_has(KAFKA_IMAGE):
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka:
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
     else:
         subprocess.run([str(LOCAL / "kafka.sh"), "start"], check=True)
@@ -46,10 +51,10 @@ def postgres_dsn() -> Iterator[str]:
     """A DSN whose role may create databases; each test suite gets its own database."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
-    elif _docker_answers():
+    elif _docker_has(POSTGRES_IMAGE):
         from testcontainers.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:16", driver=None) as pg:
+        with PostgresContainer(POSTGRES_IMAGE, driver=None) as pg:
             yield pg.get_connection_url()
     else:
         subprocess.run([str(LOCAL / "postgres.sh"), "start"], check=True)
