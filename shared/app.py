@@ -102,6 +102,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 topic_prefix=settings.topic_prefix,
                 max_attempts=settings.max_handler_attempts,
+                keep_processed_for=settings.keep_processed_for,
             )
             workers.append(consumer.run)
 

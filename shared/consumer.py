@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import typing
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from datetime import timedelta
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from shared.events import Envelope, EventData
 from shared.kafka import EventProducer, PublishUnavailable
@@ -101,6 +103,14 @@ class UnexpectedEvent(Exception):
 EVENTS_PROCESSED = Counter("embudo_events_processed_total", "Events applied", ["group", "type"])
 EVENTS_DUPLICATE = Counter("embudo_events_duplicate_total", "Events skipped as already processed", ["group"])
 EVENTS_DEAD_LETTERED = Counter("embudo_events_dead_lettered_total", "Events parked on the DLQ", ["group"])
+CONSUMER_LAG = Gauge(
+    "embudo_consumer_lag",
+    "Messages on a partition this replica owns that its group has not processed yet (high watermark - position)",
+    ["group", "topic", "partition"],
+)
+PROCESSED_EVENTS_PRUNED = Counter(
+    "embudo_processed_events_pruned_total", "Dedupe rows deleted past their retention", ["group"]
+)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -110,6 +120,11 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Nothing in flight to flush: batches are applied and committed before the next poll.
         log.info("partitions revoked", extra={"group": self.group, "partitions": sorted(map(str, revoked))})
+        for tp in revoked:  # another replica reports these now
+            try:
+                CONSUMER_LAG.remove(self.group, tp.topic, str(tp.partition))
+            except KeyError:
+                pass
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"group": self.group, "partitions": sorted(map(str, assigned))})
@@ -129,6 +144,7 @@ class EventConsumer:
         topic_prefix: str = "",
         max_attempts: int = 3,
         max_batch: int = 500,
+        keep_processed_for: timedelta | None = None,
     ) -> None:
         check_handlers(topics, handlers, ignores)
         self.group = group
@@ -142,6 +158,8 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.max_batch = max_batch
         self.dead_letter = dead_letter_topic(group)
+        self.keep_processed_for = keep_processed_for
+        self._next_prune = 0.0
         self._stopping = asyncio.Event()
         self.finished = asyncio.Event()  # set whenever run() is not running
         self.finished.set()
@@ -170,6 +188,8 @@ class EventConsumer:
                         # Partition moved during a rebalance: the next owner re-reads these
                         # records and processed_events makes that harmless.
                         log.warning("offset commit failed", extra={"group": self.group, "error": repr(exc)})
+                await self._report_lag(consumer)
+                await self._prune_when_due()
         except Interrupted:
             log.info("stopped during an outage; uncommitted records will be redelivered", extra={"group": self.group})
         finally:
@@ -178,6 +198,39 @@ class EventConsumer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per owned partition from what the last fetch learned (no extra request)."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from it yet
+            position = await consumer.position(tp)
+            CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+    async def _prune_when_due(self) -> None:
+        """Delete dedupe rows older than the retention, at most every ten minutes and a
+        bounded number at a time: the table would otherwise grow with every event forever."""
+        if self.keep_processed_for is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + 600
+        try:
+            while True:
+                deleted = await self.pool.fetchval(
+                    """WITH old AS (
+                           SELECT event_id FROM processed_events
+                           WHERE processed_at < now() - $1::interval LIMIT 10000
+                       ), gone AS (
+                           DELETE FROM processed_events p USING old WHERE p.event_id = old.event_id RETURNING 1
+                       )
+                       SELECT count(*) FROM gone""",
+                    self.keep_processed_for,
+                )
+                PROCESSED_EVENTS_PRUNED.labels(self.group).inc(deleted)
+                if deleted < 10000 or self._stopping.is_set():
+                    return
+        except TRANSIENT_ERRORS as exc:  # the next round tries again
+            log.warning("pruning processed_events failed", extra={"group": self.group, "error": repr(exc)})
 
     async def process(self, records: list[ConsumerRecord]) -> None:
         """Apply one partition's batch; returns when every record is applied, skipped or parked."""

@@ -15,12 +15,18 @@ from datetime import timedelta
 from itertools import groupby
 
 import asyncpg
+from prometheus_client import Gauge
 
 from shared.kafka import EventProducer
 from shared.uow import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 _RELAY_LOCK = 0x6F7574626F78  # "outbox"
+
+OUTBOX_BACKLOG = Gauge("embudo_outbox_backlog", "Outbox rows committed but not yet published")
+OUTBOX_OLDEST_AGE = Gauge(
+    "embudo_outbox_oldest_age_seconds", "How long the oldest unpublished outbox row has waited (0 when none)"
+)
 
 
 class OutboxRelay:
@@ -55,6 +61,7 @@ class OutboxRelay:
                 if await self.publish_pending() == self.batch_size:
                     continue  # more waiting: don't sleep
                 polls += 1
+                await self.report_backlog()
                 if polls % 600 == 0:
                     await self.prune()
                 try:
@@ -80,6 +87,15 @@ class OutboxRelay:
             "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
         return len(rows)
+
+    async def report_backlog(self) -> None:
+        """Reported by the active relay only (a standby one has nothing to say about it)."""
+        row = await self.pool.fetchrow(
+            """SELECT count(*) AS backlog, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
+               FROM outbox WHERE sent_at IS NULL"""
+        )
+        OUTBOX_BACKLOG.set(row["backlog"])
+        OUTBOX_OLDEST_AGE.set(float(row["age"]))
 
     async def prune(self) -> None:
         await self.pool.execute("DELETE FROM outbox WHERE sent_at < now() - $1::interval", self.keep_sent_for)

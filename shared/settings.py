@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = 512 * 1024
     # Consumer: attempts before a failing message goes to the dead-letter topic.
     max_handler_attempts: int = 3
+    # Consumer dedupe rows (processed_events) are kept this long, then pruned; 0 keeps them
+    # forever. An event redelivered after it (a client retrying with a 30-day-old event_id)
+    # is applied again: docs/operations.md.
+    processed_events_retention_days: float = Field(default=30, ge=0)
     # Bearer tokens for the service's API, comma-separated (not used by ingest).
     api_tokens: CsvList = []
     # How far ahead of our clock a client's timestamp may be before it is "in the future".
@@ -59,6 +63,11 @@ class ServiceSettings(BaseSettings):
     @property
     def clock_skew(self) -> timedelta:
         return timedelta(seconds=self.clock_skew_seconds)
+
+    @property
+    def keep_processed_for(self) -> timedelta | None:
+        days = self.processed_events_retention_days
+        return timedelta(days=days) if days else None
 
     @model_validator(mode="after")
     def _dev_api_token(self) -> ServiceSettings:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from prometheus_client import REGISTRY
 
 from shared.consumer import EventConsumer
 from shared.db import apply_migrations, create_pool
@@ -262,6 +263,9 @@ async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool,
             raise RuntimeError("the state change failed")
 
     relay = OutboxRelay(pool, producer, dsn, poll_interval=0.2)
+    await relay.report_backlog()
+    assert REGISTRY.get_sample_value("embudo_outbox_backlog") == 3
+    assert REGISTRY.get_sample_value("embudo_outbox_oldest_age_seconds") > 0
     task = asyncio.create_task(relay.run())
     try:
         received = await reader.events(3)
@@ -272,6 +276,71 @@ async def test_outbox_relay_publishes_exactly_the_committed_rows(producer, pool,
     assert [e.event_id for e in received] == [e.event_id for e in committed]
     assert len(extra) == 3
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+    assert REGISTRY.get_sample_value("embudo_outbox_backlog") == 0
+    assert REGISTRY.get_sample_value("embudo_outbox_oldest_age_seconds") == 0
+
+
+async def test_the_consumer_reports_its_lag_per_partition(topics, producer, pool, topic_prefix):
+    topic = unique_topic("lag")
+    await ensure_topics(topics, (topic,), prefix=topic_prefix)
+    await producer.publish_many(topic, [submission(f"v{i}@example.com") for i in range(20)])
+    gate, applied = asyncio.Event(), []
+
+    async def handle(event: Envelope[FormSubmission], uow: UnitOfWork) -> None:
+        if len(applied) == 5:  # the second batch waits until the test has read the lag
+            await gate.wait()
+        applied.append(event.event_id)
+
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    consumer = EventConsumer(group=group, topics=[topic], handlers={FormSubmission: handle}, pool=pool,
+                             producer=producer, bootstrap_servers=topics, topic_prefix=topic_prefix,
+                             max_batch=5)  # fmt: skip
+    labels = {"group": group, "topic": topic_prefix + topic.name, "partition": "0"}
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("embudo_consumer_lag", labels)
+
+    async def behind_by_fifteen() -> bool:
+        if lag() == 15:
+            gate.set()
+            return True
+        return False
+
+    async def caught_up() -> bool:
+        return len(applied) == 20 and lag() == 0
+
+    task = asyncio.create_task(consumer.run())
+    try:
+        for condition in (behind_by_fifteen, caught_up):
+            async with asyncio.timeout(30):
+                while not await condition():
+                    assert not task.done(), task
+                    await asyncio.sleep(0.05)
+    finally:
+        gate.set()
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_dedupe_rows_past_their_retention_are_pruned(topics, producer, pool, topic_prefix, consumer_of):
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    for event_id, age in ((old, timedelta(days=31)), (recent, timedelta(days=29))):
+        await pool.execute(
+            """INSERT INTO processed_events (event_id, event_type, topic, kafka_partition, kafka_offset, processed_at)
+               VALUES ($1, 'form_submission', 't', 0, 0, now() - $2::interval)""",
+            event_id,
+            age,
+        )
+    topic = unique_topic("prune")
+    await ensure_topics(topics, (topic,), prefix=topic_prefix)
+    consumer = consumer_of(topic, f"test-{uuid.uuid4().hex[:8]}", record_effect([]))
+    consumer.keep_processed_for = timedelta(days=30)
+
+    async def old_row_gone() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", old) == 0
+
+    await run_consumer_until(consumer, old_row_gone)
+    assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", recent) == 1
 
 
 async def test_topics_keep_their_events_for_good(topics, topic_prefix):
