@@ -67,6 +67,10 @@ class LeadOut(BaseModel):
 class LeadDetail(LeadOut):
     touches: list[Touch]  # the newest 100, oldest first (GET .../touches pages through all)
     stage_history: list[StageEntry]  # oldest first
+    anonymous_ids: list[str] = Field(
+        description="The visitors (anonymous ids) linked to the lead by its form submissions: the 100 most"
+        " recently seen, sorted."
+    )
 
 
 class LeadPage(Page[LeadOut]):
@@ -97,6 +101,7 @@ def lead_detail(detail: service.LeadDetail) -> LeadDetail:
         **lead_out(detail.lead).model_dump(),
         touches=detail.touches,
         stage_history=[StageEntry(**dict(r)) for r in detail.stage_history],
+        anonymous_ids=detail.anonymous_ids,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from shared.consumer import Handlers
-from shared.events import Envelope, FormSubmission
+from shared.events import Envelope, FormSubmission, PageView
 from shared.uow import UnitOfWork
 
 from . import service
@@ -18,5 +18,14 @@ async def on_form_submission(
     await service.record_submission(uow, event, rules, mql_threshold)
 
 
+async def on_page_view(
+    event: Envelope[PageView], uow: UnitOfWork, *, rules: ScoringRules, mql_threshold: int | None
+) -> None:
+    await service.record_page_view(uow, event, rules, mql_threshold)
+
+
 def build_handlers(rules: ScoringRules, mql_threshold: int | None) -> Handlers:
-    return {FormSubmission: partial(on_form_submission, rules=rules, mql_threshold=mql_threshold)}
+    return {
+        FormSubmission: partial(on_form_submission, rules=rules, mql_threshold=mql_threshold),
+        PageView: partial(on_page_view, rules=rules, mql_threshold=mql_threshold),
+    }

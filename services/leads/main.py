@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from shared.app import ServiceSpec, create_app
-from shared.topics import FORM_SUBMISSIONS
+from shared.topics import FORM_SUBMISSIONS, PAGE_VIEWS
 
 from .api import router
 from .handlers import build_handlers
@@ -24,7 +24,7 @@ def build_app(settings: LeadsSettings | None = None) -> FastAPI:
             settings=settings,
             routers=[router],
             migrations=Path(__file__).parent / "migrations",
-            consumes=[FORM_SUBMISSIONS],
+            consumes=[FORM_SUBMISSIONS, PAGE_VIEWS],
             handlers=build_handlers(rules, settings.mql_threshold),
             uses_outbox=True,
         )

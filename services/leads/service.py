@@ -1,6 +1,7 @@
-"""The leads use cases: a form submission becomes or touches a lead, a lead moves through its
-lifecycle, and the reads of the API. Each command runs in one unit of work and queues the
-lead events it causes in the outbox of that same transaction."""
+"""The leads use cases: a form submission becomes or touches a lead and links its visitor to
+it, a visit touches the leads of its visitor, a lead moves through its lifecycle, and the
+reads of the API. Each command runs in one unit of work and queues the lead events it causes
+in the outbox of that same transaction."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from shared.events import (
     LeadCreated,
     LeadStageChanged,
     LeadTouched,
+    PageView,
     Touch,
     normalise_email,
     utcnow,
@@ -32,17 +34,24 @@ from .domain import (
     THRESHOLD_REASON,
     LeadSummary,
     ScoringRules,
+    Submission,
+    Visit,
     check_move,
     check_stage_time,
     promotes_to_mql,
     scored,
     submission_from,
+    visit_from,
+    visitor_id,
 )
 
 SOURCE = "leads"
 # A lead's detail shows its newest touches only: a form a bot posts to thousands of times
 # must not make one lead's page megabytes long (touch_count says how many there are).
 TOUCHES_SHOWN = 100
+# Lead events and the detail list the lead's most recently seen visitors only: a bot posting
+# a new anonymous id with every submission to one email must not grow them without bound.
+ANONYMOUS_IDS_SHOWN = 100
 
 
 def lead_event(data: EventData, lead_id: uuid.UUID, occurred_at: datetime) -> Envelope:
@@ -83,14 +92,18 @@ async def change_stage(
 async def record_submission(
     uow: UnitOfWork, event: Envelope[FormSubmission], rules: ScoringRules, mql_threshold: int | None
 ) -> uuid.UUID:
-    """Create or touch the lead of a form submission; returns the lead's id."""
+    """Create or touch the lead of a form submission, link its visitor to the lead (the
+    visitor's earlier visits become touches of the lead); returns the lead's id."""
     form = event.data
     email = normalise_email(form.email)
     if not email:
         raise ValueError("form submission without an email")  # retried, then dead-lettered
     submission = submission_from(event.event_id, form, event.occurred_at)
+    visitor = visitor_id(form.anonymous_id)
     conn = uow.conn
 
+    if visitor is not None:
+        await store.lock_visitor(conn, visitor)  # always the visitor first, then the lead
     # Row-locked either way: one lead's submissions take turns.
     lead = await store.lock_lead_by_email(conn, email)
     created = None
@@ -103,35 +116,79 @@ async def record_submission(
         summary = LeadSummary.of(submission)
     else:
         summary = LeadSummary.model_validate(lead["summary"]).add(submission)
+    if visitor is not None and await store.link_visitor(conn, visitor, lead_id, submission.occurred_at):
+        for visit in await store.add_visit_touches(conn, lead_id, visitor):
+            summary = summary.add(visit)
+    await _touched(uow, lead, summary, submission, created=created is not None, rules=rules, threshold=mql_threshold)
+    return lead_id
+
+
+async def record_page_view(
+    uow: UnitOfWork, event: Envelope[PageView], rules: ScoringRules, mql_threshold: int | None
+) -> list[uuid.UUID]:
+    """A page view carrying UTM is kept as a visit and touches every lead its visitor is
+    linked to; returns those leads. One without UTM is no touch: nothing is written."""
+    visit = visit_from(event.event_id, event.data, event.occurred_at)
+    if visit is None:
+        return []
+    conn = uow.conn
+    await store.lock_visitor(conn, visit.anonymous_id)
+    await store.insert_visit(conn, visit)
+    touched = []
+    for lead_id in await store.linked_leads(conn, visit.anonymous_id):  # locked in lead_id order
+        lead = await store.lock_lead(conn, lead_id)  # exists: lead_visitors references it
+        if not await store.add_visit_touches(conn, lead_id, visit.anonymous_id, visit.event_id):
+            continue
+        summary = LeadSummary.model_validate(lead["summary"]).add(visit)
+        await _touched(uow, lead, summary, visit, created=False, rules=rules, threshold=mql_threshold)
+        touched.append(lead_id)
+    return touched
+
+
+async def _touched(
+    uow: UnitOfWork,
+    lead: asyncpg.Record,
+    summary: LeadSummary,
+    touch: Submission | Visit,
+    *,
+    created: bool,
+    rules: ScoringRules,
+    threshold: int | None,
+) -> None:
+    """Store the facts of a locked lead's new summary and queue lead.created or lead.touched
+    for `touch` (and lead.stage_changed when the score now promotes it)."""
+    conn = uow.conn
+    lead_id = lead["lead_id"]
     facts = scored(summary, rules)
     lead = await store.save_facts(conn, lead_id, facts)
-
-    if created is not None:
+    anonymous_ids = await store.anonymous_ids(conn, lead_id, ANONYMOUS_IDS_SHOWN)
+    if created:
         data: EventData = LeadCreated(
             lead_id=lead_id,
-            email=email,
+            email=lead["email"],
             stage="lead",
             score=facts.score,
             created_at=facts.created_at,
             attribution=facts.attribution,
+            anonymous_ids=anonymous_ids,
         )
     else:
         data = LeadTouched(
             lead_id=lead_id,
-            email=email,
-            touch=submission.touch,
+            email=lead["email"],
+            touch=touch.touch,
             score=facts.score,
             created_at=facts.created_at,
             attribution=facts.attribution,
+            anonymous_ids=anonymous_ids,
         )
-    await uow.publish(LEAD_EVENTS, lead_event(data, lead_id, submission.occurred_at))
+    await uow.publish(LEAD_EVENTS, lead_event(data, lead_id, touch.occurred_at))
 
-    if promotes_to_mql(facts.score, lead["stage"], mql_threshold):
-        # A late (older) submission must not put the promotion before the last stage change.
+    if promotes_to_mql(facts.score, lead["stage"], threshold):
+        # A late (older) touch must not put the promotion before the last stage change.
         last_change = await store.last_stage_change_at(conn, lead_id)
-        when = max(submission.occurred_at, last_change) if last_change else submission.occurred_at
+        when = max(touch.occurred_at, last_change) if last_change else touch.occurred_at
         await change_stage(uow, lead, "mql", THRESHOLD_REASON, when)
-    return lead_id
 
 
 async def move_stage(
@@ -168,6 +225,7 @@ class LeadDetail:
     lead: asyncpg.Record
     touches: list[Touch]  # the TOUCHES_SHOWN most recent, oldest first
     stage_history: list[asyncpg.Record]  # oldest first
+    anonymous_ids: list[str]  # the ANONYMOUS_IDS_SHOWN most recently seen, sorted
 
 
 async def _detail(conn: asyncpg.Connection, lead: asyncpg.Record) -> LeadDetail:
@@ -175,6 +233,7 @@ async def _detail(conn: asyncpg.Connection, lead: asyncpg.Record) -> LeadDetail:
         lead=lead,
         touches=await store.latest_touches(conn, lead["lead_id"], TOUCHES_SHOWN),
         stage_history=await store.stage_history(conn, lead["lead_id"]),
+        anonymous_ids=await store.anonymous_ids(conn, lead["lead_id"], ANONYMOUS_IDS_SHOWN),
     )
 
 

@@ -10,9 +10,13 @@ import asyncpg
 
 from shared.events import Touch
 
-from .domain import ScoredLead, Submission
+from .domain import ScoredLead, Submission, Visit
 
-TOUCH_COLUMNS = "occurred_at, form_id, campaign_id, channel, source, term, content, page_url"
+TOUCH_COLUMNS = "kind, occurred_at, form_id, campaign_id, channel, source, term, content, page_url"
+# What a visit stores: a touch of its visitor's leads, whichever they are and whenever linked.
+VISIT_COLUMNS = "occurred_at, campaign_id, channel, source, term, content, page_url"
+# Advisory-lock namespace of visitors (the two-int4 key space, apart from the migrations' lock).
+_VISITOR_LOCK = 0x76697369  # "visi"
 
 
 async def lock_lead_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
@@ -53,9 +57,10 @@ async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submissio
     t = sub.touch
     await conn.execute(
         f"""INSERT INTO touches (lead_id, event_id, {TOUCH_COLUMNS}, name, company, phone, fields)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
         lead_id,
         sub.event_id,
+        t.kind,
         t.occurred_at,
         t.form_id,
         t.campaign_id,
@@ -69,6 +74,90 @@ async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submissio
         sub.phone,
         sub.fields,
     )
+
+
+# --- visitors and visits ---------------------------------------------------------------------
+
+
+async def lock_visitor(conn: asyncpg.Connection, anonymous_id: str) -> None:
+    """Until the transaction ends. A page view (stores its visit, then reads the visitor's
+    links) and a submission (links the visitor, then reads its visits) take turns, so neither
+    misses the other. Taken before any lead's row lock; ids sharing a hash only wait longer."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _VISITOR_LOCK, anonymous_id)
+
+
+async def insert_visit(conn: asyncpg.Connection, visit: Visit) -> None:
+    t = visit.touch
+    await conn.execute(
+        f"""INSERT INTO visits (event_id, anonymous_id, {VISIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (event_id) DO NOTHING""",
+        visit.event_id,
+        visit.anonymous_id,
+        t.occurred_at,
+        t.campaign_id,
+        t.channel,
+        t.source,
+        t.term,
+        t.content,
+        t.page_url,
+    )
+
+
+async def linked_leads(conn: asyncpg.Connection, anonymous_id: str) -> list[uuid.UUID]:
+    """The leads of a visitor, in lead_id order: the order their rows are locked in."""
+    rows = await conn.fetch("SELECT lead_id FROM lead_visitors WHERE anonymous_id = $1 ORDER BY lead_id", anonymous_id)
+    return [r["lead_id"] for r in rows]
+
+
+async def link_visitor(conn: asyncpg.Connection, anonymous_id: str, lead_id: uuid.UUID, seen_at: datetime) -> bool:
+    """Link a visitor to a lead (or note it was seen again); True when the link is new."""
+    inserted = await conn.fetchval(
+        """INSERT INTO lead_visitors (anonymous_id, lead_id, last_seen_at) VALUES ($1, $2, $3)
+           ON CONFLICT (anonymous_id, lead_id) DO NOTHING
+           RETURNING true""",
+        anonymous_id,
+        lead_id,
+        seen_at,
+    )
+    if inserted:
+        return True
+    await conn.execute(
+        """UPDATE lead_visitors SET last_seen_at = $3
+           WHERE anonymous_id = $1 AND lead_id = $2 AND last_seen_at < $3""",
+        anonymous_id,
+        lead_id,
+        seen_at,
+    )
+    return False
+
+
+async def add_visit_touches(
+    conn: asyncpg.Connection, lead_id: uuid.UUID, anonymous_id: str, event_id: uuid.UUID | None = None
+) -> list[Visit]:
+    """Make the visitor's visits (or only the one of `event_id`) touches of the lead; returns
+    those that were not yet, so a visit adopted twice is counted once."""
+    rows = await conn.fetch(
+        f"""INSERT INTO touches (lead_id, event_id, kind, {VISIT_COLUMNS})
+            SELECT $1, event_id, 'page_view', {VISIT_COLUMNS} FROM visits
+            WHERE anonymous_id = $2 AND ($3::uuid IS NULL OR event_id = $3)
+            ON CONFLICT (lead_id, event_id) DO NOTHING
+            RETURNING event_id, {TOUCH_COLUMNS}""",
+        lead_id,
+        anonymous_id,
+        event_id,
+    )
+    return [Visit(event_id=r["event_id"], anonymous_id=anonymous_id, touch=touch_of(r)) for r in rows]
+
+
+async def anonymous_ids(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: int) -> list[str]:
+    """The lead's `limit` most recently seen visitors, sorted by id."""
+    rows = await conn.fetch(
+        """SELECT anonymous_id FROM lead_visitors WHERE lead_id = $1
+           ORDER BY last_seen_at DESC, anonymous_id DESC LIMIT $2""",
+        lead_id,
+        limit,
+    )
+    return sorted(r["anonymous_id"] for r in rows)
 
 
 def touch_of(row: asyncpg.Record) -> Touch:

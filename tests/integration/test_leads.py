@@ -1,13 +1,16 @@
-"""The leads service against the real broker and database: submissions in, lead events out."""
+"""The leads service against the real broker and database: submissions and page views in,
+lead events out."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,12 +19,12 @@ from fastapi import FastAPI
 
 from services.leads import store
 from services.leads.main import build_app
-from services.leads.service import TOUCHES_SHOWN, change_stage, record_submission
+from services.leads.service import TOUCHES_SHOWN, change_stage, record_page_view, record_submission
 from services.leads.settings import LeadsSettings, load_scoring_rules
-from shared.events import Envelope, FormSubmission, Utm
+from shared.events import Envelope, FormSubmission, PageView, Utm
 from shared.kafka import EventProducer
 from shared.pagination import encode_cursor
-from shared.topics import FORM_SUBMISSIONS, LEAD_EVENTS, ensure_topics
+from shared.topics import FORM_SUBMISSIONS, LEAD_EVENTS, PAGE_VIEWS, ensure_topics
 from shared.uow import unit_of_work
 from tests.support import eventually, serve
 
@@ -636,3 +639,334 @@ async def test_any_cursor_of_the_right_shape_is_a_position(leads, producer):
         assert short.status_code == 422 and short.json()["errors"][0]["field"] == "cursor"
     position = encode_cursor(parse(first["items"][0]["occurred_at"]), uuid.UUID(int=0))
     assert (await leads.client.get(path, params={"cursor": position})).json()["items"] == first["items"]
+
+
+# --- visitors: page views of a visitor linked to a lead (by a submission carrying its
+# anonymous id) are touches of the lead ----------------------------------------------------
+
+
+def page_view(
+    anonymous_id: str,
+    minutes: int = 0,
+    *,
+    campaign: str | None = None,
+    medium: str | None = None,
+    url: str = "https://shop.example/",
+) -> Envelope:
+    utm = Utm(source="test" if campaign or medium else None, medium=medium, campaign=campaign)
+    data = PageView(anonymous_id=anonymous_id, url=url, title="Shop", utm=utm)
+    return Envelope.wrap(data, source="test", key=anonymous_id, occurred_at=T0 + timedelta(minutes=minutes))
+
+
+async def publish_views(producer: EventProducer, *events: Envelope) -> None:
+    await producer.publish_many(PAGE_VIEWS, list(events))
+
+
+async def stored_visits(leads: Leads, count: int) -> None:
+    """Wait until `count` visits are stored: a page view has been applied before what follows."""
+
+    async def there() -> bool:
+        return await leads.app.state.pool.fetchval("SELECT count(*) FROM visits") >= count
+
+    await eventually(there)
+
+
+def campaigns(touches: list[dict]) -> list[tuple[str, str | None]]:
+    return [(t["kind"], t["campaign_id"]) for t in touches]
+
+
+async def test_a_campaign_visit_before_the_form_is_the_leads_first_touch(leads, producer, lead_events):
+    visit = page_view("v-1", -60, campaign="launch", medium="email", url="https://shop.example/?utm_campaign=launch")
+    await publish_views(producer, visit)
+    await stored_visits(leads, 1)
+    form = submission("ana@example.com", 0, form_id="demo-request", campaign="spring", anonymous_id="v-1")
+    await publish(producer, form)
+
+    [created] = await lead_events.events(1)
+    assert created.type == "lead.created"
+    assert created.data.anonymous_ids == ["v-1"]
+    assert created.data.created_at == form.occurred_at  # the form created the lead
+    first = created.data.attribution.first_touch
+    assert (first.kind, first.campaign_id, first.channel, first.form_id) == ("page_view", "launch", "email", None)
+    assert first.occurred_at == visit.occurred_at
+    assert first.page_url == "https://shop.example/?utm_campaign=launch"
+    assert created.data.attribution.last_touch.kind == "form_submission"
+    assert created.data.score == 30 + 5  # the demo form and one repeat touch
+
+    lead = await leads.wait_for("ana@example.com", touches=2)
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["anonymous_ids"] == ["v-1"]
+    assert parse(detail["created_at"]) == form.occurred_at
+    assert parse(detail["stage_history"][0]["occurred_at"]) == form.occurred_at
+    assert detail["first_touch"]["kind"] == "page_view" and detail["last_touch"]["kind"] == "form_submission"
+    assert campaigns(detail["touches"]) == [("page_view", "launch"), ("form_submission", "spring")]
+    page = (await leads.client.get(f"/v1/leads/{lead['lead_id']}/touches")).json()
+    assert campaigns(page["items"]) == campaigns(detail["touches"])
+    # created_at stays the form's: the lead list and its filters go by it
+    listed = (await leads.client.get("/v1/leads", params={"created_from": form.occurred_at.isoformat()})).json()
+    assert [item["lead_id"] for item in listed["items"]] == [lead["lead_id"]]
+
+
+async def test_campaign_visits_after_the_form_touch_the_lead(leads, producer, lead_events):
+    form = submission("bo@example.com", 0, campaign="spring", anonymous_id="v-2")
+    await publish(producer, form)
+    [created] = await lead_events.events(1)
+    assert created.data.anonymous_ids == ["v-2"]
+    assert created.data.attribution.first_touch.kind == "form_submission"
+
+    later = page_view("v-2", 30, campaign="retargeting", medium="social")
+    await publish_views(producer, later)
+    [_, touched] = await lead_events.events(2)
+    assert touched.type == "lead.touched" and touched.key == str(created.data.lead_id)
+    assert touched.occurred_at == later.occurred_at
+    assert (touched.data.touch.kind, touched.data.touch.campaign_id) == ("page_view", "retargeting")
+    assert touched.data.attribution.last_touch == touched.data.touch
+    assert touched.data.attribution.first_touch.campaign_id == "spring"
+    assert touched.data.created_at == form.occurred_at
+    assert touched.data.anonymous_ids == ["v-2"]
+
+    # A visit older than the form, arriving after it, becomes the first touch; created_at stays.
+    earlier = page_view("v-2", -30, campaign="launch", medium="email")
+    await publish_views(producer, earlier)
+    [*_, moved] = await lead_events.events(3)
+    assert moved.data.attribution.first_touch.campaign_id == "launch"
+    assert moved.data.attribution.last_touch.campaign_id == "retargeting"
+    assert moved.data.created_at == form.occurred_at
+
+    lead = await leads.wait_for("bo@example.com", touches=3)
+    detail = await leads.detail(lead["lead_id"])
+    assert campaigns(detail["touches"]) == [
+        ("page_view", "launch"),
+        ("form_submission", "spring"),
+        ("page_view", "retargeting"),
+    ]
+    assert parse(detail["created_at"]) == form.occurred_at
+
+
+async def test_a_page_view_without_utm_is_no_touch_and_stores_nothing(leads, producer, lead_events):
+    await publish(producer, submission("cy@example.com", 0, anonymous_id="v-3"))
+    await lead_events.events(1)
+    plain = page_view("v-3", 10)
+    stranger = page_view("v-stranger", 10)  # no UTM, no lead
+    # Same visitor, same partition: the marker is applied after the plain page view.
+    marker = page_view("v-3", 20, campaign="spring")
+    await publish_views(producer, plain, stranger, marker)
+
+    [_, touched] = await lead_events.events(2)
+    assert touched.data.touch.occurred_at == marker.occurred_at
+    lead = await leads.wait_for("cy@example.com", touches=2)
+    extra = await lead_events.quiet(1.5)
+    assert len(extra) == 2  # no event for the plain page views
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["touch_count"] == 2
+    assert campaigns(detail["touches"]) == [("form_submission", None), ("page_view", "spring")]
+    pool = leads.app.state.pool
+
+    async def applied() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", stranger.event_id) == 1
+
+    await eventually(applied)
+    assert [r["event_id"] for r in await pool.fetch("SELECT event_id FROM visits")] == [marker.event_id]
+
+
+async def test_two_devices_of_one_lead(leads, producer, lead_events):
+    await publish_views(
+        producer,
+        page_view("v-phone", -20, campaign="launch", medium="social"),
+        page_view("v-laptop", -10, campaign="spring", medium="cpc"),
+        page_view("v-other", -30, campaign="someone-else"),
+    )
+    await stored_visits(leads, 3)
+    await publish(producer, submission("di@example.com", 0, anonymous_id="v-laptop"))
+    [created] = await lead_events.events(1)
+    assert created.data.anonymous_ids == ["v-laptop"]
+    assert created.data.attribution.first_touch.campaign_id == "spring"
+
+    await publish(producer, submission("di@example.com", 10, anonymous_id="v-phone"))
+    [_, touched] = await lead_events.events(2)
+    assert touched.data.anonymous_ids == ["v-laptop", "v-phone"]
+    assert touched.data.attribution.first_touch.campaign_id == "launch"  # the phone's earlier visit
+    assert touched.data.touch.kind == "form_submission"
+
+    await publish_views(producer, page_view("v-phone", 20, campaign="retargeting"))
+    [*_, last] = await lead_events.events(3)
+    assert last.data.touch.campaign_id == "retargeting"
+    assert last.data.anonymous_ids == ["v-laptop", "v-phone"]
+
+    lead = await leads.wait_for("di@example.com", touches=5)
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["anonymous_ids"] == ["v-laptop", "v-phone"]
+    assert campaigns(detail["touches"]) == [
+        ("page_view", "launch"),
+        ("page_view", "spring"),
+        ("form_submission", None),
+        ("form_submission", None),
+        ("page_view", "retargeting"),
+    ]
+    assert parse(detail["created_at"]) == T0
+
+
+async def test_a_shared_device_belongs_to_everyone_who_submitted_from_it(leads, producer, lead_events):
+    await publish_views(producer, page_view("v-shared", -10, campaign="launch"))
+    await stored_visits(leads, 1)
+    await publish(producer, submission("ed@example.com", 0, anonymous_id="v-shared"))
+    await publish(producer, submission("fa@example.com", 5, anonymous_id="v-shared"))
+    created = await lead_events.events(2)
+    assert {e.type for e in created} == {"lead.created"}
+    assert all(e.data.attribution.first_touch.campaign_id == "launch" for e in created)
+
+    await publish_views(producer, page_view("v-shared", 10, campaign="spring"))
+    touched = (await lead_events.events(4))[2:]
+    assert {e.type for e in touched} == {"lead.touched"}
+    assert {e.data.lead_id for e in touched} == {e.data.lead_id for e in created}
+    for email in ("ed@example.com", "fa@example.com"):
+        lead = await leads.wait_for(email, touches=3)
+        detail = await leads.detail(lead["lead_id"])
+        assert detail["anonymous_ids"] == ["v-shared"]
+        assert campaigns(detail["touches"]) == [
+            ("page_view", "launch"),
+            ("form_submission", None),
+            ("page_view", "spring"),
+        ]
+
+
+async def test_a_redelivered_page_view_or_a_second_link_touches_once(leads, producer, lead_events):
+    await publish(producer, submission("gu@example.com", 0, anonymous_id="v-4"))
+    await lead_events.events(1)
+    visit = page_view("v-4", 10, campaign="spring")
+    await publish_views(producer, visit, visit)  # an ingest retry: the same event twice
+    await lead_events.events(2)
+    await publish_views(producer, visit)  # and once more, after it was applied
+    await publish_views(producer, page_view("v-4", 20, campaign="marker"))
+    events = await lead_events.events(3)
+    assert [e.data.touch.campaign_id for e in events[1:]] == ["spring", "marker"]
+    # The visitor submits again: it is linked already, its visits are touches already.
+    await publish(producer, submission("gu@example.com", 30, anonymous_id="v-4"))
+    lead = await leads.wait_for("gu@example.com", touches=4)
+    extra = await lead_events.quiet(1.5)
+    assert len(extra) == 4
+    detail = await leads.detail(lead["lead_id"])
+    assert detail["touch_count"] == 4
+    assert campaigns(detail["touches"]) == [
+        ("form_submission", None),
+        ("page_view", "spring"),
+        ("page_view", "marker"),
+        ("form_submission", None),
+    ]
+    assert detail["score"] == 5 + 10  # newsletter, three repeat touches (capped at 10)
+
+
+# --- order independence and concurrency ------------------------------------------------------
+
+
+def person(n: int) -> list[Envelope]:
+    """One person's events: two campaign visits around two submissions from the same device."""
+    visitor, email = f"v-{n}", f"p{n}@example.com"
+    return [
+        page_view(visitor, -60, campaign="launch", medium="email"),
+        submission(email, 0, form_id="demo-request", name="Ha", anonymous_id=visitor),
+        page_view(visitor, 30, campaign="retargeting", medium="social"),
+        submission(email, 45, form_id="pricing", company="Acme", anonymous_id=visitor),
+    ]
+
+
+async def handle(uow, rules, event: Envelope) -> None:
+    """What the consumer's handler does with the event (without the consumer's dedupe)."""
+    if isinstance(event.data, PageView):
+        await record_page_view(uow, event, rules, None)
+    else:
+        await record_submission(uow, event, rules, None)
+
+
+async def apply(pool, rules, event: Envelope) -> None:
+    async with unit_of_work(pool) as uow:
+        await handle(uow, rules, event)
+
+
+async def lead_facts(leads: Leads, email: str) -> dict:
+    """What a lead came to, without what differs between people (ids, email, times of writing)."""
+    lead = await leads.lead_by_email(email)
+    detail = await leads.detail(lead["lead_id"])
+    return {
+        "touches": detail["touches"],
+        "first_touch": detail["first_touch"],
+        "last_touch": detail["last_touch"],
+        "created_at": detail["created_at"],
+        "score": detail["score"],
+        "touch_count": detail["touch_count"],
+        "profile": detail["profile"],
+        "anonymous_ids": [i.split("-")[0] for i in detail["anonymous_ids"]],
+        "history": [(h["from"], h["to"], h["occurred_at"]) for h in detail["stage_history"]],
+    }
+
+
+async def test_every_arrival_order_of_visits_and_submissions_gives_the_same_lead(leads, lead_events):
+    rules = load_scoring_rules(leads.app.state.settings.scoring_config)
+    pool = leads.app.state.pool
+    orders = list(itertools.permutations(range(4)))
+    for n, order in enumerate(orders):
+        events = person(n)
+        for i in order:
+            await apply(pool, rules, events[i])
+
+    results = [await lead_facts(leads, f"p{n}@example.com") for n in range(len(orders))]
+    assert all(result == results[0] for result in results)
+    facts = results[0]
+    assert [(t["kind"], t["campaign_id"]) for t in facts["touches"]] == [
+        ("page_view", "launch"),
+        ("form_submission", None),
+        ("page_view", "retargeting"),
+        ("form_submission", None),
+    ]
+    assert parse(facts["created_at"]) == T0
+    assert (facts["first_touch"]["campaign_id"], facts["last_touch"]["form_id"]) == ("launch", "pricing")
+    assert facts["score"] == 30 + 10 + 5 + 10 + 10  # demo-request, pricing (other), name, company, repeats (cap)
+    assert facts["history"] == [(None, "lead", facts["created_at"])]
+
+    # Each order's last lead event says what the lead came to. A visit applied before the
+    # first submission publishes nothing (no lead yet): the submission's event carries it.
+    expected = sum(
+        2 + sum(1 for k, i in enumerate(order) if i in (0, 2) and {1, 3} & set(order[:k])) for order in orders
+    )
+    events = await lead_events.events(expected)
+    last = {}
+    for event in events:
+        last[event.data.lead_id] = event
+    assert len(last) == len(orders)
+    finals = {
+        (e.data.created_at, e.data.attribution.first_touch, e.data.attribution.last_touch, e.data.score)
+        for e in last.values()
+    }
+    assert len(finals) == 1
+    assert all(len(e.data.anonymous_ids) == 1 for e in last.values())
+
+
+async def test_a_page_view_and_the_submission_linking_its_visitor_at_once_see_each_other(leads):
+    """Each, applied while the other's transaction is open, waits for the visitor's lock and
+    then sees what the other wrote: the visit becomes a touch whichever commits first."""
+    rules = load_scoring_rules(leads.app.state.settings.scoring_config)
+    pool = leads.app.state.pool
+
+    async def waiting_or_done(task: asyncio.Task) -> bool:
+        sql = """SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"""
+        return task.done() or await pool.fetchval(sql) == 1
+
+    for first_is_view in (True, False):
+        visitor, email = f"v-{first_is_view}", f"{first_is_view}@example.com".lower()
+        view, form = page_view(visitor, -10, campaign="launch"), submission(email, 0, anonymous_id=visitor)
+        first, second = (view, form) if first_is_view else (form, view)
+        async with unit_of_work(pool) as uow:
+            await handle(uow, rules, first)
+            other = asyncio.create_task(apply(pool, rules, second))
+            # Without the visitor's lock the other would commit now, blind to this uncommitted work.
+            await eventually(partial(waiting_or_done, other))
+        await other
+
+        lead = await leads.lead_by_email(email)
+        detail = await leads.detail(lead["lead_id"])
+        assert campaigns(detail["touches"]) == [("page_view", "launch"), ("form_submission", None)], first_is_view
+        assert detail["first_touch"]["kind"] == "page_view"
+        assert detail["anonymous_ids"] == [visitor]
+        async with pool.acquire() as conn:
+            assert await store.linked_leads(conn, visitor) == [uuid.UUID(lead["lead_id"])]

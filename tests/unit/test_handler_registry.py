@@ -11,7 +11,7 @@ from services.metrics.handlers import HANDLERS as METRICS_HANDLERS
 from services.sales.handlers import build_handlers as sales_handlers
 from shared.consumer import HandlerMismatch, check_handlers, declared_types
 from shared.events import DealWon, Envelope, FormSubmission, LeadCreated, LeadStageChanged, LeadTouched
-from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, FORM_SUBMISSIONS, LEAD_EVENTS
+from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, FORM_SUBMISSIONS, LEAD_EVENTS, PAGE_VIEWS
 from shared.uow import UnitOfWork
 
 
@@ -31,7 +31,7 @@ def test_a_handler_declares_the_payloads_it_takes():
 
 def test_the_four_services_handlers_fit_their_topics():
     rules = load_scoring_rules(DEFAULT_SCORING_CONFIG)
-    check_handlers([FORM_SUBMISSIONS], leads_handlers(rules, None), ())
+    check_handlers([FORM_SUBMISSIONS, PAGE_VIEWS], leads_handlers(rules, None), ())
     check_handlers([LEAD_EVENTS], sales_handlers("EUR"), ())
     check_handlers([CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS], METRICS_HANDLERS, ())
 
