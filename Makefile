@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCAL := deploy/local
 
-.PHONY: install infra-up infra-down dev stop test lint bench demo logs dlq
+.PHONY: install infra-up infra-down dev stop test lint bench demo logs dlq rebuild-metrics
 
 install: $(VENV)/.installed
 
@@ -52,3 +52,8 @@ demo: install
 DLQ_ARGS ?= list
 dlq: install
 	$(PY) -m shared.dlq $(DLQ_ARGS)
+
+## Rebuild the metrics projection from the topics next to the live one, then switch over
+## (the service keeps running; uses the same EMBUDO_* settings); docs/operations.md.
+rebuild-metrics: install
+	$(PY) -m services.metrics.rebuild

@@ -28,8 +28,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(type_name, encoder=_encode_json, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, search_path: str | None = None
+) -> asyncpg.Pool:
+    """`search_path`: the schema the pool's statements mean (a rebuild writes next to the live one)."""
+    server_settings = {"search_path": search_path} if search_path else None
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=server_settings
+    )
 
 
 def migration_files(*folders: Path) -> list[tuple[str, Path]]:
