@@ -150,6 +150,17 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def etag_matches(if_none_match: str | None, current: str) -> bool:
+    """If-None-Match against the current ETag, by weak comparison (RFC 9110 §13.1.2: W/
+    prefixes are ignored); `*` matches anything."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return current.removeprefix("W/") in candidates
+
+
 def token_matches(presented: str | None, valid_tokens: list[str]) -> bool:
     """Constant-time comparison against every configured token."""
     if not presented:

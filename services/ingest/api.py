@@ -7,9 +7,11 @@ precisely. The OpenAPI request schemas are therefore declared by hand from the m
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -21,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.app import Producer
 from shared.events import utcnow
-from shared.http import Problem, field_path, invalid_fields, malformed_json, token_matches
+from shared.http import Problem, etag_matches, field_path, invalid_fields, malformed_json, token_matches
 from shared.kafka import EventProducer
 from shared.openapi import problems
 
@@ -247,13 +249,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     status_code=202,
     responses={**RESPONSES, 303: SEE_OTHER, 400: {**RESPONSES[400], "description": "Malformed JSON or form body"}},
     openapi_extra=request_body(
-        (JSON, inline_schema(FormSubmissionInput)), *((media, html_form_schema()) for media in FORM_TYPES)
+        *((media, inline_schema(FormSubmissionInput)) for media in (JSON, TEXT)),
+        *((media, html_form_schema()) for media in FORM_TYPES),
     ),
 )
 async def post_form_submission(
     request: Request, key: WriteKey, settings: Settings, producer: Producer, limiter: Limiter
 ) -> Response:
-    """A lead-capture form submission, as JSON or straight from an HTML form."""
+    """A lead-capture form submission, as JSON (also as text/plain, like a beacon) or straight
+    from an HTML form."""
     now = utcnow()
     ctx = context(settings.currency, now, settings.clock_skew)
     media = media_type(request)
@@ -274,10 +278,10 @@ async def post_form_submission(
             submission = FormSubmissionInput.model_validate(body, context=ctx)
         except ValidationError as exc:
             raise problem_for(exc, form_field_path) from None
-    elif is_json(media):
-        submission = await read_json(request, FormSubmissionInput, ctx)
+    elif is_json(media) or media == TEXT:
+        submission = await read_json(request, FormSubmissionInput, ctx, accepted=(JSON, TEXT))
     else:
-        raise unsupported([JSON, *FORM_TYPES])
+        raise unsupported([JSON, TEXT, *FORM_TYPES])
     event_ids = await accept([submission], key=key, settings=settings, producer=producer, limiter=limiter, now=now)
     target = safe_redirect(redirect, settings.allowed_redirect_hosts)
     if target is not None:
@@ -340,3 +344,51 @@ async def post_batch(
         items, rest = item_errors(exc.errors(include_url=False, include_context=False, include_input=False))
         raise invalid_fields(rest, "The batch has invalid items; nothing was published.", items=items) from None
     return accepted(await accept(batch.batch, key=key, settings=settings, producer=producer, limiter=limiter, now=now))
+
+
+# --- the web tracker --------------------------------------------------------------------
+
+TRACKER = (Path(__file__).parent / "static" / "embudo.js").read_bytes()
+TRACKER_ETAG = f'"{hashlib.sha256(TRACKER).hexdigest()[:32]}"'
+# An hour: a new release reaches every page within it, and a page load rarely downloads it.
+TRACKER_HEADERS = {"ETag": TRACKER_ETAG, "Cache-Control": "public, max-age=3600"}
+JAVASCRIPT = "application/javascript"
+TRACKER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The tracker script",
+        "content": {JAVASCRIPT: {"schema": {"type": "string"}}},
+        "headers": {
+            "ETag": {"description": "The script's version", "schema": {"type": "string"}},
+            "Cache-Control": {"description": "public, max-age=3600", "schema": {"type": "string"}},
+        },
+    },
+    304: {
+        "description": "The `If-None-Match` ETag is current",
+        "headers": {"ETag": {"description": "The script's version", "schema": {"type": "string"}}},
+    },
+}
+
+
+# Read from the request, not as a FastAPI parameter: no header value is invalid, so the
+# operation has no 422 to document.
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag of a copy already held: 304 when it is current",
+    "schema": {"type": "string"},
+}
+
+
+@router.get(
+    "/embudo.js",
+    response_class=Response,
+    responses=TRACKER_RESPONSES,
+    openapi_extra={"parameters": [IF_NONE_MATCH]},
+)
+async def get_tracker(request: Request) -> Response:
+    """The first-party web tracker (docs/ingest.md, "Web tracker"): no key needed to load it,
+    `<script src=".../v1/embudo.js" data-key="WRITE_KEY" async></script>`."""
+    if etag_matches(request.headers.get("if-none-match"), TRACKER_ETAG):
+        return Response(status_code=304, headers=TRACKER_HEADERS)
+    return Response(TRACKER, media_type=f"{JAVASCRIPT}; charset=utf-8", headers=TRACKER_HEADERS)
