@@ -9,13 +9,14 @@ from shared.app import ServiceSpec, create_app
 
 from .api import router
 from .domain import RateLimiter
+from .segment import router as segment_router
 from .settings import IngestSettings
 
 
 def build_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     settings.require("write_keys")  # outside EMBUDO_ENV=dev there is no default key
-    app = create_app(ServiceSpec(name="ingest", settings=settings, routers=[router]))
+    app = create_app(ServiceSpec(name="ingest", settings=settings, routers=[router, segment_router]))
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     if settings.cors_origins:
         # Outermost, so a browser's preflight is answered before anything else runs.

@@ -15,6 +15,7 @@ from shared.kafka import EventProducer, PublishUnavailable
 
 from . import store
 from .domain import AnyInput, RateLimiter, to_envelope
+from .segment_mapping import MessageMapper, Outcome
 
 
 class NotAcknowledged(Exception):
@@ -58,3 +59,40 @@ async def accept(
     except PublishUnavailable:
         raise NotAcknowledged(event_ids) from None
     return event_ids
+
+
+async def accept_messages(
+    messages: Sequence[object],
+    mapper: MessageMapper,
+    *,
+    producer: EventProducer,
+    limiter: RateLimiter,
+    max_event_bytes: int,
+) -> list[Outcome]:
+    """The Segment-compatible surface's use case: map each message, publish those that
+    became events, and tell what became of every one. Lenient where `accept` is all or
+    nothing: a message that cannot be mapped, or whose event would be too large, is skipped
+    and the others are published. Returns once Kafka acknowledged every event."""
+    # Every message costs, published or not: a flood of ignored ones is load all the same.
+    wait = limiter.take(mapper.write_key, max(1, len(messages)), time.monotonic())
+    if wait:
+        raise RateLimited("Rate limit for this write key exceeded.", retry_after=wait)
+    outcomes = [mapper.map(message) for message in messages]
+    prepared: list[store.Prepared] = []
+    event_ids: list[str] = []
+    for index, outcome in enumerate(outcomes):
+        if outcome.input is None:
+            continue
+        topic, envelope = to_envelope(outcome.input, mapper.received_at)
+        value = envelope.to_bytes()
+        if len(value) > max_event_bytes:
+            outcomes[index] = outcome.skip("too_large")
+            continue
+        prepared.append((topic, envelope.key.encode(), value))
+        event_ids.append(str(envelope.event_id))
+    if prepared:
+        try:
+            await store.publish(producer, prepared)
+        except PublishUnavailable:
+            raise NotAcknowledged(event_ids) from None
+    return outcomes

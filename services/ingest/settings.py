@@ -35,6 +35,12 @@ class IngestSettings(ServiceSettings):
     max_event_bytes: int = 32 * 1024
     # Retry-After sent with a 503 when Kafka did not acknowledge in time.
     unavailable_retry_after_seconds: int = 5
+    # The Segment-compatible surface (/segment/v1/...): `track` events that are form
+    # submissions (names compared ignoring case and surrounding spaces), and Segment's
+    # limits, measured after decompression: one message, and one batch request.
+    segment_form_events: CsvList = ["Form Submitted", "Signed Up"]
+    segment_max_message_bytes: int = 32 * 1024
+    segment_max_batch_bytes: int = 500 * 1024
 
     @model_validator(mode="after")
     def _dev_write_key(self) -> IngestSettings:
