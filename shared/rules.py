@@ -55,3 +55,13 @@ CLOCK_SKEW = timedelta(minutes=5)
 # Earlier times come from unset clocks, zero timestamps or typos ("0202-03-01"); accepted,
 # they would skew cohorts and sales-cycle lengths for good (events are never rewritten).
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+
+# --- attribution ----------------------------------------------------------------------
+
+
+def utm_value(value: str | None) -> str | None:
+    """A UTM parameter as attribution reads it (campaign = utm_campaign, channel = utm_medium):
+    trimmed, and a blank one is absent (unattributed), never a campaign named ''."""
+    if value is None:
+        return None
+    return value.strip() or None

@@ -19,6 +19,8 @@ Interval = Literal["day", "week", "month"]
 BreakdownBy = Literal["campaign", "channel"]
 
 DEFAULT_PERIOD = timedelta(days=30)
+# A visitor's page views this far apart or more are two sessions (store.py splits them).
+SESSION_TIMEOUT = timedelta(minutes=30)
 
 
 class InvalidQuery(InvalidField):
@@ -122,6 +124,10 @@ class Filters:
 class RawAggregates:
     """What the store counts and sums for one group (a period, a bucket, a campaign...)."""
 
+    page_views: int = 0
+    sessions: int = 0
+    visitors: int = 0
+    visitors_who_became_leads: int = 0  # of `visitors`: leads created in the same period
     impressions: int = 0
     clicks: int = 0
     spend: Decimal = Decimal(0)
@@ -164,10 +170,10 @@ def kpis(raw: RawAggregates) -> dict[str, Any]:
     revenue = raw.won_revenue + raw.recorded_revenue
     cac = raw.spend / raw.new_customers if raw.new_customers else None
     ltv = raw.new_customers_lifetime_revenue / raw.new_customers if raw.new_customers else None
-    click_to_lead = ratio(raw.leads, raw.clicks)
+    visitor_to_lead = ratio(raw.visitors_who_became_leads, raw.visitors)
     return {
         "cac": money(cac),
-        "conversion_rate": click_to_lead,
+        "conversion_rate": visitor_to_lead,
         "roi": ratio(revenue - raw.spend, raw.spend),
         "leads_generated": raw.leads,
         "close_rate": ratio(raw.customer, raw.leads),
@@ -177,6 +183,9 @@ def kpis(raw: RawAggregates) -> dict[str, Any]:
         },
         "ltv": money(ltv),
         "revenue": money(revenue),
+        "page_views": raw.page_views,
+        "sessions": raw.sessions,
+        "visitors": raw.visitors,
         "impressions": raw.impressions,
         "clicks": raw.clicks,
         "spend": money(raw.spend),
@@ -188,7 +197,8 @@ def kpis(raw: RawAggregates) -> dict[str, Any]:
             "customer": raw.customer,
         },
         "conversion_rates": {
-            "click_to_lead": click_to_lead,
+            "visitor_to_lead": visitor_to_lead,
+            "click_to_lead": ratio(raw.leads, raw.clicks),
             "lead_to_mql": ratio(raw.mql, raw.leads),
             "mql_to_sql": ratio(raw.sql, raw.mql),
             "sql_to_opportunity": ratio(raw.opportunity, raw.sql),

@@ -23,12 +23,13 @@ from shared.events import (
     LeadCreated,
     LeadStageChanged,
     LeadTouched,
+    PageView,
 )
-from shared.rules import LEAD_STAGE_RANK
+from shared.rules import LEAD_STAGE_RANK, utm_value
 from shared.uow import UnitOfWork
 
 from . import store
-from .store import CampaignFacts, DealFacts, LeadFacts, ProjectionBatch, RevenueFacts
+from .store import CampaignFacts, DealFacts, LeadFacts, PageViewFacts, ProjectionBatch, RevenueFacts, VisitorLink
 
 _batches: WeakKeyDictionary[UnitOfWork, ProjectionBatch] = WeakKeyDictionary()
 
@@ -57,16 +58,36 @@ async def on_campaign_event(event: Envelope[CampaignEvent], uow: UnitOfWork) -> 
     ))  # fmt: skip
 
 
+async def on_page_view(event: Envelope[PageView], uow: UnitOfWork) -> None:
+    data = event.data
+    if not data.anonymous_id.strip():
+        batch_of(event, uow)  # names no visitor: nothing to count, but applied all the same
+        return
+    batch_of(event, uow).page_views.append(PageViewFacts(
+        event.event_id, data.anonymous_id, event.occurred_at, utm_value(data.utm.campaign), utm_value(data.utm.medium)
+    ))  # fmt: skip
+
+
+def _links(batch: ProjectionBatch, data: LeadCreated | LeadTouched) -> None:
+    # Each event lists the lead's visitors known so far: merged as a union.
+    batch.links.extend(VisitorLink(anonymous_id, data.lead_id) for anonymous_id in data.anonymous_ids
+                       if anonymous_id.strip())  # fmt: skip
+
+
 async def on_lead_created(event: Envelope[LeadCreated], uow: UnitOfWork) -> None:
     data = event.data
     lead = LeadFacts(data.lead_id, data.attribution, data.created_at, LEAD_STAGE_RANK[data.stage])
-    batch_of(event, uow).leads.append(lead)
+    batch = batch_of(event, uow)
+    batch.leads.append(lead)
+    _links(batch, data)
 
 
 async def on_lead_touched(event: Envelope[LeadTouched], uow: UnitOfWork) -> None:
     # A late, older submission may move created_at and the first touch back: merged as such.
     data = event.data
-    batch_of(event, uow).leads.append(LeadFacts(data.lead_id, data.attribution, data.created_at))
+    batch = batch_of(event, uow)
+    batch.leads.append(LeadFacts(data.lead_id, data.attribution, data.created_at))
+    _links(batch, data)
 
 
 async def on_lead_stage_changed(event: Envelope[LeadStageChanged], uow: UnitOfWork) -> None:
@@ -119,6 +140,7 @@ async def on_revenue_recorded(event: Envelope[CustomerRevenueRecorded], uow: Uni
 
 
 HANDLERS: Handlers = {
+    PageView: on_page_view,
     CampaignEvent: on_campaign_event,
     LeadCreated: on_lead_created,
     LeadTouched: on_lead_touched,

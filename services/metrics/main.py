@@ -1,4 +1,4 @@
-"""Metrics: projects campaign, lead and deal events into KPIs; serves the API and dashboard.
+"""Metrics: projects page views, campaign, lead and deal events into KPIs; serves the API and dashboard.
 
 `uvicorn --factory services.metrics.main:build_app --port 8004`
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from shared.app import ServiceSpec, create_app
-from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, LEAD_EVENTS
+from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, LEAD_EVENTS, PAGE_VIEWS
 
 from .api import install_dashboard, router
 from .handlers import HANDLERS
@@ -26,7 +26,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
             settings=settings,
             routers=[router],
             migrations=Path(__file__).parent / "migrations",
-            consumes=[CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS],
+            consumes=[PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS],
             handlers=HANDLERS,
             extra_routes=lambda app: install_dashboard(app, settings),
         )

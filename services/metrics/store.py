@@ -4,7 +4,8 @@ Handlers add each event's facts to a `ProjectionBatch`; the batch is written jus
 consumer's transaction commits, one statement per table, together with `projection_state`
 (version, as_of), so facts, dedupe rows and the state ETags derive from commit together.
 Inserting campaign facts also adds them to the hourly rollup `campaign_hourly`, in the same
-statement, by a trigger (migrations/002_campaign_hourly.sql).
+statement, by a trigger (migrations/002_campaign_hourly.sql). Page views are split into
+sessions as they are written (`_SESSIONIZE`), visitor by visitor under the visitor's row lock.
 Merges are order-independent (the same rules inside a batch and against stored rows):
 created_at and first touch keep the earliest, last touch the latest, stage ranks and deal
 flags only go up, a deal keeps its earliest win and earliest loss.
@@ -26,7 +27,7 @@ import asyncpg
 
 from shared.events import Attribution
 
-from .domain import AttributionModel, BreakdownBy, Filters, Period, RawAggregates, cut_hours
+from .domain import SESSION_TIMEOUT, AttributionModel, BreakdownBy, Filters, Period, RawAggregates, cut_hours
 
 # --- writes ---------------------------------------------------------------------------
 
@@ -78,6 +79,23 @@ class CampaignFacts:
     currency: str | None
 
 
+@dataclass(frozen=True)
+class PageViewFacts:
+    event_id: uuid.UUID
+    anonymous_id: str
+    occurred_at: datetime
+    campaign_id: str | None  # utm.campaign
+    channel: str | None  # utm.medium
+
+
+@dataclass(frozen=True)
+class VisitorLink:
+    """A lead event said this anonymous id is this lead's."""
+
+    anonymous_id: str
+    lead_id: uuid.UUID
+
+
 @dataclass
 class ProjectionBatch:
     """The facts of one transaction's events, written by `write_batch`."""
@@ -86,6 +104,8 @@ class ProjectionBatch:
     deals: list[DealFacts] = field(default_factory=list)
     revenue: list[RevenueFacts] = field(default_factory=list)
     campaign: list[CampaignFacts] = field(default_factory=list)
+    page_views: list[PageViewFacts] = field(default_factory=list)
+    links: list[VisitorLink] = field(default_factory=list)
     events: int = 0
     as_of: datetime | None = None
 
@@ -195,12 +215,156 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::
                      $7::numeric[], $8::text[])
 ON CONFLICT (event_id) DO NOTHING"""
 
+# Every write about a visitor starts by locking its row (creating it if new), all of the
+# batch's visitors in one statement and in one order, so two transactions (replicas, a page
+# view batch and a lead batch) never split the same visitor's sessions at once nor deadlock.
+# ON CONFLICT DO UPDATE locks every conflicting row, also those its WHERE leaves unchanged.
+_LOCK_VISITORS = """
+INSERT INTO visitors AS v (anonymous_id, linked)
+SELECT anonymous_id, bool_or(linked) FROM unnest($1::text[], $2::bool[]) AS t(anonymous_id, linked)
+GROUP BY anonymous_id ORDER BY anonymous_id
+ON CONFLICT (anonymous_id) DO UPDATE SET linked = true WHERE EXCLUDED.linked AND NOT v.linked"""
+
+# Run after the lock, in a statement of its own: it must see sessions committed meanwhile.
+_LINK_VISITORS = """
+WITH links AS (
+    SELECT DISTINCT v.visitor, t.lead_id
+    FROM unnest($1::text[], $2::uuid[]) AS t(anonymous_id, lead_id) JOIN visitors v USING (anonymous_id)
+), added AS (
+    INSERT INTO visitor_leads (visitor, lead_id) SELECT visitor, lead_id FROM links ON CONFLICT DO NOTHING
+)
+UPDATE sessions s SET linked = true
+FROM (SELECT DISTINCT visitor FROM links) l
+WHERE s.visitor = l.visitor AND NOT s.linked"""
+
+# Splits the batch's visitors' page views into sessions. Per visitor, page views in
+# (occurred_at, event_id) order are a left-to-right walk whose state after a page view is
+# (its time, its session's landing UTM): so the walk restarts from the last stored page view
+# before the earliest new one (`seed`, carrying that state), over every page view after it
+# (`seq`: old ones, which may move, and new ones). In-order arrival walks the new ones only.
+# A page view starts a session when it is the visitor's first, comes $6 or more after the
+# previous one, or carries a campaign other than the visit's latest so far (the visit: the
+# page views since the last inactivity start; its latest campaign is the session's landing
+# one, none = null). Then: sessions diffed (deleted/inserted), old page views that moved
+# updated, new ones inserted, and the hourly rollup adjusted by the net deltas.
+_SESSIONIZE = """
+WITH incoming AS (
+    SELECT DISTINCT ON (t.event_id) v.visitor, v.linked, t.occurred_at, t.event_id, t.campaign_id, t.channel
+    FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[])
+        AS t(anonymous_id, occurred_at, event_id, campaign_id, channel)
+    JOIN visitors v USING (anonymous_id)
+    ORDER BY t.event_id
+), fresh AS (
+    SELECT i.* FROM incoming i
+    WHERE NOT EXISTS (SELECT FROM page_views p WHERE p.visitor = i.visitor AND p.occurred_at = i.occurred_at
+                                                 AND p.event_id = i.event_id)
+), earliest AS (
+    SELECT DISTINCT ON (visitor) visitor, linked, occurred_at, event_id
+    FROM fresh ORDER BY visitor, occurred_at, event_id
+), seed AS (
+    SELECT e.visitor, p.occurred_at, p.event_id, p.session_campaign_id AS campaign_id,
+           p.session_channel AS channel
+    FROM earliest e CROSS JOIN LATERAL (
+        SELECT * FROM page_views p
+        WHERE p.visitor = e.visitor AND p.occurred_at <= e.occurred_at
+          AND (p.occurred_at, p.event_id) < (e.occurred_at, e.event_id)
+        ORDER BY p.occurred_at DESC, p.event_id DESC LIMIT 1
+    ) p
+), seq AS (  -- kind 0: the seed (its campaign is its session's), 1: stored page views after it, 2: new ones
+    SELECT visitor, occurred_at, event_id, campaign_id, channel, 0 AS kind,
+           NULL::text AS old_campaign_id, NULL::text AS old_channel
+    FROM seed
+    UNION ALL
+    SELECT p.visitor, p.occurred_at, p.event_id, p.campaign_id, p.channel, 1, p.session_campaign_id, p.session_channel
+    FROM earliest e LEFT JOIN seed s USING (visitor)
+    JOIN page_views p ON p.visitor = e.visitor AND (s.visitor IS NULL OR (
+        p.occurred_at >= s.occurred_at AND (p.occurred_at, p.event_id) > (s.occurred_at, s.event_id)))
+    UNION ALL
+    SELECT visitor, occurred_at, event_id, campaign_id, channel, 2, NULL, NULL FROM fresh
+), gaps AS (
+    SELECT *, CASE WHEN kind = 0 THEN 0
+                   WHEN lag(occurred_at) OVER w IS NULL OR occurred_at - lag(occurred_at) OVER w >= $6::interval THEN 1
+                   ELSE 0 END AS visit_starts
+    FROM seq WINDOW w AS (PARTITION BY visitor ORDER BY occurred_at, event_id)
+), visits AS (
+    SELECT *, sum(visit_starts) OVER (PARTITION BY visitor ORDER BY occurred_at, event_id) AS visit FROM gaps
+), counted AS (  -- g: how many page views of the visit so far carried a campaign
+    SELECT *, count(campaign_id) OVER (PARTITION BY visitor, visit ORDER BY occurred_at, event_id) AS g FROM visits
+), latest AS (  -- the visit's latest campaign up to and including this page view
+    SELECT *, max(campaign_id) OVER (PARTITION BY visitor, visit, g) AS visit_campaign FROM counted
+), starts AS (
+    SELECT *, CASE WHEN kind = 0 THEN 0 WHEN visit_starts = 1 THEN 1
+                   WHEN campaign_id IS NOT NULL AND campaign_id IS DISTINCT FROM
+                        lag(visit_campaign) OVER (PARTITION BY visitor, visit ORDER BY occurred_at, event_id) THEN 1
+                   ELSE 0 END AS session_starts
+    FROM latest
+), numbered AS (
+    SELECT *, sum(session_starts) OVER (PARTITION BY visitor ORDER BY occurred_at, event_id) AS session FROM starts
+), assigned AS MATERIALIZED (
+    SELECT *, first_value(campaign_id) OVER s AS session_campaign_id, first_value(channel) OVER s AS session_channel
+    FROM numbered WINDOW s AS (PARTITION BY visitor, session ORDER BY occurred_at, event_id)
+), new_sessions AS (
+    SELECT visitor, occurred_at AS started_at, event_id, campaign_id, channel FROM assigned WHERE session_starts = 1
+), old_sessions AS (
+    SELECT s.visitor, s.started_at, s.event_id, s.campaign_id, s.channel
+    FROM earliest e LEFT JOIN seed USING (visitor)
+    JOIN sessions s ON s.visitor = e.visitor AND (seed.visitor IS NULL OR (
+        s.started_at >= seed.occurred_at AND (s.started_at, s.event_id) > (seed.occurred_at, seed.event_id)))
+), removed AS (
+    DELETE FROM sessions s USING old_sessions o
+    WHERE s.visitor = o.visitor AND s.started_at = o.started_at AND s.event_id = o.event_id
+      AND NOT EXISTS (SELECT FROM new_sessions n WHERE n.visitor = o.visitor AND n.started_at = o.started_at
+                                                   AND n.event_id = o.event_id)
+), added AS (
+    INSERT INTO sessions (visitor, started_at, event_id, campaign_id, channel, linked)
+    SELECT n.visitor, n.started_at, n.event_id, n.campaign_id, n.channel, e.linked
+    FROM new_sessions n JOIN earliest e USING (visitor)
+    WHERE NOT EXISTS (SELECT FROM old_sessions o WHERE o.visitor = n.visitor AND o.started_at = n.started_at
+                                                   AND o.event_id = n.event_id)
+), moved AS (
+    UPDATE page_views p SET session_campaign_id = a.session_campaign_id, session_channel = a.session_channel
+    FROM assigned a
+    WHERE a.kind = 1 AND p.visitor = a.visitor AND p.occurred_at = a.occurred_at AND p.event_id = a.event_id
+      AND (a.session_campaign_id, a.session_channel) IS DISTINCT FROM (a.old_campaign_id, a.old_channel)
+    RETURNING a.occurred_at, a.old_campaign_id, a.old_channel, a.session_campaign_id, a.session_channel
+), inserted AS (
+    INSERT INTO page_views (visitor, occurred_at, event_id, campaign_id, channel, session_campaign_id, session_channel)
+    SELECT visitor, occurred_at, event_id, campaign_id, channel, session_campaign_id, session_channel
+    FROM assigned WHERE kind = 2
+    RETURNING occurred_at, session_campaign_id, session_channel
+), deltas AS (
+    SELECT occurred_at, session_campaign_id AS campaign_id, session_channel AS channel, 1 AS n FROM inserted
+    UNION ALL
+    SELECT occurred_at, session_campaign_id, session_channel, 1 FROM moved
+    UNION ALL
+    SELECT occurred_at, old_campaign_id, old_channel, -1 FROM moved
+)
+INSERT INTO page_view_hourly AS h (hour, campaign_id, channel, page_views)
+SELECT date_trunc('hour', occurred_at, 'UTC'), campaign_id, channel, sum(n)
+FROM deltas
+GROUP BY 1, 2, 3
+HAVING sum(n) <> 0
+ORDER BY 1, 2, 3  -- the same lock order in every transaction
+ON CONFLICT ON CONSTRAINT page_view_hourly_key DO UPDATE SET page_views = h.page_views + EXCLUDED.page_views"""
+
 _BUMP_STATE = """
 UPDATE projection_state SET version = version + $1, as_of = GREATEST(as_of, $2::timestamptz) WHERE id = 1"""
 
 
+async def write_visitors(conn: asyncpg.Connection, page_views: Sequence[PageViewFacts],
+                         links: Sequence[VisitorLink]) -> None:  # fmt: skip
+    """Lock the visitors, link them to their leads, split their page views into sessions."""
+    ids = [view.anonymous_id for view in page_views] + [link.anonymous_id for link in links]
+    await conn.execute(_LOCK_VISITORS, ids, [False] * len(page_views) + [True] * len(links))
+    if links:
+        await conn.execute(_LINK_VISITORS, *_columns(links, "anonymous_id", "lead_id"))
+    if page_views:
+        columns = _columns(page_views, "anonymous_id", "occurred_at", "event_id", "campaign_id", "channel")
+        await conn.execute(_SESSIONIZE, *columns, SESSION_TIMEOUT)
+
+
 async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
-    """At most five statements for a whole batch of events."""
+    """A handful of statements for a whole batch of events."""
     if batch.leads:
         leads = batch.leads
         first = [lead.attribution.first_touch for lead in leads]
@@ -225,6 +389,8 @@ async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
         columns = _columns(batch.campaign, "event_id", "occurred_at", "campaign_id", "channel", "impressions",
                            "clicks", "spend", "currency")  # fmt: skip
         await conn.execute(_INSERT_CAMPAIGN_FACTS, *columns)
+    if batch.page_views or batch.links:
+        await write_visitors(conn, batch.page_views, batch.links)
     if batch.events:
         await conn.execute(_BUMP_STATE, batch.events, batch.as_of)
 
@@ -281,12 +447,12 @@ def _lead_filter(attribution: AttributionModel, campaign_param: int = 4) -> str:
     )
 
 
-def _campaign_filter(alias: str) -> str:
-    return f"($4::text IS NULL OR {alias}.campaign_id = $4) AND ($5::text IS NULL OR {alias}.channel = $5)"
+def _campaign_filter(alias: str, campaign: str = "campaign_id", channel: str = "channel") -> str:
+    return f"($4::text IS NULL OR {alias}.{campaign} = $4) AND ($5::text IS NULL OR {alias}.{channel} = $5)"
 
 
 def _dimensions(attribution: AttributionModel, by: BreakdownBy | None) -> tuple[str, str]:
-    """(the group column for lead-based facts, the one for campaign facts)."""
+    """(the group column for lead-based facts, the one for campaign facts and sessions)."""
     prefix = "first" if attribution == "first_touch" else "last"
     if by == "campaign":
         return f"l.{prefix}_campaign_id", "f.campaign_id"
@@ -297,6 +463,7 @@ def _dimensions(attribution: AttributionModel, by: BreakdownBy | None) -> tuple[
 
 def _kpi_queries(attribution: AttributionModel, by: BreakdownBy | None) -> dict[str, str]:
     lead_dim, campaign_dim = _dimensions(attribution, by)
+    session_dim = campaign_dim.replace("f.", "s.")
     lead_filter = _lead_filter(attribution)
     cycle_days = "extract(epoch FROM d.won_at - l.created_at) / 86400"
     return {
@@ -321,6 +488,48 @@ def _kpi_queries(attribution: AttributionModel, by: BreakdownBy | None) -> dict[
                    coalesce(sum(f.spend) FILTER (WHERE f.currency = $6), 0) AS spend
             FROM facts f
             GROUP BY 1, 2""",
+        # Page views by their own time and their session's campaign/channel: whole hours from
+        # the hourly rollup, the hours a boundary cuts page view by page view (as above).
+        "page_views": f"""
+            WITH facts AS (
+                SELECT h.hour AS at, h.campaign_id, h.channel, h.page_views
+                FROM page_view_hourly h
+                WHERE {_PERIOD.format("h.hour")} AND h.hour <> ALL ($7::timestamptz[]) AND {_campaign_filter("h")}
+                UNION ALL
+                SELECT p.occurred_at, p.session_campaign_id, p.session_channel, 1
+                FROM unnest($7::timestamptz[]) AS cut(hour)
+                JOIN page_views p ON p.occurred_at >= cut.hour AND p.occurred_at < cut.hour + interval '1 hour'
+                WHERE {_PERIOD.format("p.occurred_at")}
+                  AND {_campaign_filter("p", "session_campaign_id", "session_channel")}
+            )
+            SELECT {_BUCKET.format("f.at")} AS i, {campaign_dim} AS dim, sum(f.page_views)::bigint AS page_views
+            FROM facts f
+            GROUP BY 1, 2""",
+        # Sessions that start in the bucket, and the distinct persons they are: a visitor no
+        # lead is known for is one person, a linked one is each of its leads (however many
+        # devices a lead has). Those persons that are leads created in the bucket became leads.
+        "visitors": f"""
+            WITH s AS MATERIALIZED (
+                SELECT {_BUCKET.format("s.started_at")} AS i, {session_dim} AS dim, s.visitor, s.linked,
+                       count(*) AS sessions
+                FROM sessions s
+                WHERE {_PERIOD.format("s.started_at")} AND {_campaign_filter("s")}
+                GROUP BY 1, 2, 3, 4
+            ), persons AS (
+                SELECT i, dim, sum(sessions) AS sessions, count(*) FILTER (WHERE NOT linked) AS visitors,
+                       0 AS visitors_who_became_leads
+                FROM s GROUP BY 1, 2
+                UNION ALL
+                SELECT s.i, s.dim, 0, count(DISTINCT vl.lead_id),
+                       count(DISTINCT vl.lead_id) FILTER (
+                           WHERE {_PERIOD.format("l.created_at")} AND {_BUCKET.format("l.created_at")} = s.i)
+                FROM s JOIN visitor_leads vl USING (visitor) LEFT JOIN leads l USING (lead_id)
+                WHERE s.linked
+                GROUP BY 1, 2
+            )
+            SELECT i, dim, sum(sessions)::bigint AS sessions, sum(visitors)::bigint AS visitors,
+                   sum(visitors_who_became_leads)::bigint AS visitors_who_became_leads
+            FROM persons GROUP BY 1, 2""",
         # The cohort of leads created in the bucket, and how far each has got by now.
         "cohort": f"""
             SELECT {_BUCKET.format("l.created_at")} AS i, {lead_dim} AS dim, count(*) AS leads,
@@ -364,9 +573,12 @@ def _kpi_queries(attribution: AttributionModel, by: BreakdownBy | None) -> dict[
     }
 
 
-def _parameters(query: str) -> int:
-    """How many of the leading parameters a statement uses (Postgres refuses unused ones)."""
-    return max(int(n) for n in re.findall(r"\$(\d+)", query))
+def _bind(query: str, args: Sequence[object]) -> tuple[str, list[object]]:
+    """The statement with only the leading parameters it uses, renumbered from $1: Postgres
+    cannot type a parameter a statement never mentions."""
+    used = sorted({int(n) for n in re.findall(r"\$(\d+)", query)})
+    number = {old: new for new, old in enumerate(used, start=1)}
+    return re.sub(r"\$(\d+)", lambda m: f"${number[int(m[1])]}", query), [args[n - 1] for n in used]
 
 
 GroupKey = tuple[int, str | None]  # (bucket number from 0, breakdown value or None)
@@ -390,8 +602,8 @@ async def kpi_aggregates(
     await plan_for_these_values(conn)
     groups: dict[GroupKey, RawAggregates] = {}
     for query in _kpi_queries(attribution, by).values():
-        used = args[: _parameters(query)]
-        for row in await conn.fetch(query, *used):
+        statement, values = _bind(query, args)
+        for row in await conn.fetch(statement, *values):
             raw = groups.setdefault((row["i"] - 1, row["dim"]), RawAggregates())
             for name, value in row.items():
                 if name == "cycle_average":

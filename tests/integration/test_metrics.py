@@ -93,19 +93,23 @@ async def test_every_kpi_on_a_hand_computed_month(march):
         "filters": {"campaign_id": None, "channel": None},
         "attribution": "first_touch",
         "cac": "133.33",  # 400 / 3 new customers (L1, L5, L10)
-        "conversion_rate": 0.1404,  # 8 leads / 57 clicks
+        "conversion_rate": None,  # visitor → lead: no page views, no visitors (test_metrics_visitors.py)
         "roi": 3.5,  # (1800 - 400) / 400
         "leads_generated": 8,
         "close_rate": 0.375,  # 3 customers (L1, L8, L10) / 8
         "sales_cycle_days": {"average": 8.1667, "median": 10.5},  # D1 10.5, D5 13, D10 1
         "ltv": "616.67",  # (L1 1000+200+0.01+49.99, L5 500, L10 100) / 3
         "revenue": "1800.01",  # won 1000 + 500 + 100, recorded 200 + 0.01 (Apr 5 is outside)
+        "page_views": 0,
+        "sessions": 0,
+        "visitors": 0,
         "impressions": 1000,
         "clicks": 57,  # 40 + 10 + 7 (Apr 1 is outside)
         "spend": "400.00",  # 300 + 100 (Feb 28 is outside)
         "funnel": {"leads": 8, "mql": 6, "sql": 5, "opportunity": 5, "customer": 3},
         "conversion_rates": {
-            "click_to_lead": 0.1404,
+            "visitor_to_lead": None,
+            "click_to_lead": 0.1404,  # 8 leads / 57 clicks
             "lead_to_mql": 0.75,
             "mql_to_sql": 0.8333,
             "sql_to_opportunity": 1.0,
@@ -130,7 +134,7 @@ async def test_campaign_filter_and_the_attribution_switch(march):
     assert (first["new_customers"], first["revenue"], first["cac"]) == (2, "1700.01", "150.00")
     assert (first["ltv"], first["ltv_to_cac"], first["roi"]) == ("875.00", 5.8333, 4.6667)
     assert first["sales_cycle_days"] == {"average": 11.75, "median": 11.75}
-    assert first["conversion_rate"] == 0.1064  # 5 / 47
+    assert first["conversion_rates"]["click_to_lead"] == 0.1064  # 5 / 47
 
     last = await march.kpis(**MARCH, campaign_id="c1", attribution="last_touch")
     # Last touch: L1 moves to c2 (its last touch), so c1 loses L1 and D1.
@@ -166,7 +170,7 @@ async def test_denominators_of_zero_give_null(march):
     # A new customer but no spend and no clicks: CAC 0.00, no ROI, no LTV/CAC, no click rate.
     partner = await march.kpis(**MARCH, campaign_id="partner")
     assert (partner["cac"], partner["ltv"], partner["roi"], partner["ltv_to_cac"]) == ("0.00", "100.00", None, None)
-    assert partner["conversion_rate"] is None and partner["leads_generated"] == 1
+    assert partner["conversion_rates"]["click_to_lead"] is None and partner["leads_generated"] == 1
 
 
 async def test_period_edges_from_inclusive_to_exclusive(march):
@@ -193,7 +197,7 @@ async def test_timeseries_buckets_add_up(march):
     assert [b["deals_won"] for b in buckets] == [1, 2, 0, 0, 0]  # D5 | D10, D1
     assert [b["revenue"] for b in buckets] == ["500.00", "1100.00", "200.01", "0.00", "0.00"]
     assert sum(b["clicks"] for b in buckets) == 57
-    assert buckets[2]["conversion_rate"] is None  # no clicks that week
+    assert buckets[2]["conversion_rates"]["click_to_lead"] is None  # no clicks that week
     assert body["interval"] == "week" and body["as_of"] == "2025-04-05T00:00:00Z"
 
     daily = await march.kpis("/v1/kpis/timeseries", **MARCH)

@@ -196,8 +196,11 @@ def recount(world: World, base: datetime, start: datetime, end: datetime, campai
         "ltv": cents(lifetime / new_customers) if new_customers else None,
         "roi": rate(revenue - spend, spend),
         "ltv_to_cac": rate(lifetime, spend) if new_customers else None,
-        "conversion_rate": rate(funnel["leads"], clicks), "close_rate": rate(funnel["customer"], funnel["leads"]),
+        # These worlds have no page views (test_metrics_sessions.py recounts those): no visitors.
+        "page_views": 0, "sessions": 0, "visitors": 0, "conversion_rate": None,
+        "close_rate": rate(funnel["customer"], funnel["leads"]),
         "conversion_rates": {
+            "visitor_to_lead": None,
             "click_to_lead": rate(funnel["leads"], clicks),
             "lead_to_mql": rate(funnel["mql"], funnel["leads"]),
             "mql_to_sql": rate(funnel["sql"], funnel["mql"]),

@@ -161,7 +161,7 @@ async def test_the_migration_backfills_facts_written_before_the_rollup(new_datab
         for i in range(0, len(before), 500):
             await write(pool, before[i : i + 500])
 
-        assert await apply_migrations(pool, MIGRATIONS) == ["metrics/002_campaign_hourly"]
+        assert (await apply_migrations(pool, MIGRATIONS))[0] == "metrics/002_campaign_hourly"
         assert await rollup_matches_facts(pool)
         after = random_facts(rng, 500)
         await write(pool, after + before[:100])  # new facts, and a replay of old ones

@@ -34,7 +34,9 @@ from shared.events import (
     LeadStageChanged,
     LeadTouched,
     Money,
+    PageView,
     Touch,
+    Utm,
 )
 from shared.kafka import EventProducer
 from shared.topics import ALL_TOPICS, ensure_topics, topic_of
@@ -55,10 +57,12 @@ def wrap(data: EventData, key: uuid.UUID | str, occurred_at: datetime) -> Envelo
 
 @dataclass
 class Lead:
-    """A lead as leads publishes it. `touches` are (campaign_id, channel, occurred_at)."""
+    """A lead as leads publishes it. `touches` are (campaign_id, channel, occurred_at);
+    `anonymous_ids` the visitors known to be this lead when it was created."""
 
     touches: list[tuple[str | None, str | None, datetime]]
     lead_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    anonymous_ids: list[str] = field(default_factory=list)
 
     @property
     def created_at(self) -> datetime:
@@ -77,16 +81,20 @@ class Lead:
         touches = touches or self.touches
         created_at = min(t[2] for t in touches)
         data = LeadCreated(lead_id=self.lead_id, email=f"{self.lead_id}@example.com", stage=stage,
-                           created_at=created_at, attribution=self.attribution(touches))  # fmt: skip
+                           created_at=created_at, attribution=self.attribution(touches),
+                           anonymous_ids=self.anonymous_ids)  # fmt: skip
         return wrap(data, self.lead_id, created_at)
 
-    def touched(self, touch: tuple[str | None, str | None, datetime], touches: list | None = None) -> Envelope:
-        """lead.touched for `touch`, carrying the attribution once `touches` are known."""
+    def touched(self, touch: tuple[str | None, str | None, datetime], touches: list | None = None,
+                anonymous_ids: list[str] | None = None) -> Envelope:  # fmt: skip
+        """lead.touched for `touch`, carrying the attribution once `touches` are known (and
+        the visitors known by then: `anonymous_ids`, default those of its creation)."""
         touches = touches or self.touches
         data = LeadTouched(
             lead_id=self.lead_id, email=f"{self.lead_id}@example.com", score=0,
             touch=Touch(campaign_id=touch[0], channel=touch[1], occurred_at=touch[2]),
             created_at=min(t[2] for t in touches), attribution=self.attribution(touches),
+            anonymous_ids=self.anonymous_ids if anonymous_ids is None else anonymous_ids,
         )  # fmt: skip
         return wrap(data, self.lead_id, touch[2])
 
@@ -132,6 +140,13 @@ def campaign(campaign_id: str, channel: str, event: str, when: datetime, count: 
     data = CampaignEvent(campaign_id=campaign_id, channel=channel, event=event, count=count,
                          cost=Money(amount=Decimal(cost), currency="EUR") if cost else None)  # fmt: skip
     return wrap(data, campaign_id, when)
+
+
+def page_view(anonymous_id: str, when: datetime, campaign: str | None = None, medium: str | None = None) -> Envelope:
+    """A page view as ingest publishes it: its time is the envelope's occurred_at."""
+    data = PageView(anonymous_id=anonymous_id, url="https://example.com/pricing", title="Pricing",
+                    utm=Utm(campaign=campaign, medium=medium))  # fmt: skip
+    return wrap(data, anonymous_id, when)
 
 
 async def publish(producer: EventProducer, events: Iterable[Envelope]) -> None:

@@ -33,7 +33,7 @@ def test_the_four_services_handlers_fit_their_topics():
     rules = load_scoring_rules(DEFAULT_SCORING_CONFIG)
     check_handlers([FORM_SUBMISSIONS, PAGE_VIEWS], leads_handlers(rules, None), ())
     check_handlers([LEAD_EVENTS], sales_handlers("EUR"), ())
-    check_handlers([CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS], METRICS_HANDLERS, ())
+    check_handlers([PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS], METRICS_HANDLERS, ())
 
 
 def test_a_handler_for_a_type_no_consumed_topic_carries_is_refused():

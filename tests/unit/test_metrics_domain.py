@@ -110,11 +110,13 @@ def test_kpis_with_no_facts_are_zero_or_null():
     assert (result["revenue"], result["spend"], result["leads_generated"]) == ("0.00", "0.00", 0)
     nullable = ["cac", "conversion_rate", "roi", "close_rate", "ltv", "win_rate", "ltv_to_cac"]
     assert [result[name] for name in nullable] == [None] * len(nullable)
+    assert (result["page_views"], result["sessions"], result["visitors"]) == (0, 0, 0)
     assert set(result["conversion_rates"].values()) == {None}
 
 
 def test_kpi_arithmetic_money_and_rounding():
     raw = RawAggregates(
+        page_views=1200, sessions=400, visitors=300, visitors_who_became_leads=7,
         clicks=57, spend=Decimal("400.00"), leads=8, mql=6, sql=5, opportunity=5, customer=3,
         deals_won=3, deals_lost=2, won_revenue=Decimal("1600.00"), recorded_revenue=Decimal("200.01"),
         new_customers=3, new_customers_lifetime_revenue=Decimal("1850.00"),
@@ -126,7 +128,10 @@ def test_kpi_arithmetic_money_and_rounding():
     assert result["ltv"] == "616.67"  # 1850 / 3, half up
     assert result["ltv_to_cac"] == 4.625  # from unrounded ltv and cac
     assert result["roi"] == 3.5  # (1800.01 - 400) / 400 = 3.500025
-    assert result["conversion_rate"] == result["conversion_rates"]["click_to_lead"] == 0.1404
+    # The headline is the domain's: visitors who became leads (7 of 300), not leads per click.
+    assert result["conversion_rate"] == result["conversion_rates"]["visitor_to_lead"] == 0.0233
+    assert result["conversion_rates"]["click_to_lead"] == 0.1404  # 8 / 57
+    assert (result["page_views"], result["sessions"], result["visitors"]) == (1200, 400, 300)
     assert result["conversion_rates"]["mql_to_sql"] == 0.8333
     assert result["win_rate"] == 0.6 and result["close_rate"] == 0.375
     assert result["sales_cycle_days"] == {"average": 8.1667, "median": 10.5}
