@@ -118,8 +118,13 @@ def expected_kpis(
         "spend": cents(spend),
         "leads_generated": len(cohort),
         "funnel": funnel,
-        "conversion_rate": ratio(len(cohort), clicks),
+        # The scenario posts no page views: no visitors, so no visitor → lead rate (the headline).
+        "page_views": 0,
+        "sessions": 0,
+        "visitors": 0,
+        "conversion_rate": None,
         "conversion_rates": {
+            "visitor_to_lead": None,
             "click_to_lead": ratio(len(cohort), clicks),
             "lead_to_mql": ratio(funnel["mql"], funnel["leads"]),
             "mql_to_sql": ratio(funnel["sql"], funnel["mql"]),
