@@ -2,6 +2,8 @@
 
 Each stack gets its own topic namespace, its own databases and free ports, so it never
 meets another test's events. Processes can be killed with SIGKILL and started again.
+More replicas of a service are named `leads#2`, `leads#3`…: same database, same consumer
+group, a port of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ WRITE_KEY = "e2e-write-key"
 API_TOKEN = "e2e-api-token"
 
 
+def service_of(name: str) -> str:
+    """'leads#2' -> 'leads'."""
+    return name.partition("#")[0]
+
+
 @dataclass
 class Stack:
     kafka_bootstrap: str
@@ -37,7 +44,8 @@ class Stack:
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
 
-    def env(self, service: str) -> dict[str, str]:
+    def env(self, name: str) -> dict[str, str]:
+        service = service_of(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBUDO_")}
         env.update(
             EMBUDO_ENV="test",
@@ -52,10 +60,13 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def start(self, service: str, timeout: float = 60.0) -> None:
+    def start(self, name: str, timeout: float = 60.0) -> None:
+        """Start a service (or another replica of one: `leads#2`) and wait until it is ready."""
+        service = service_of(name)
+        self.ports.setdefault(name, free_port())
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
-        self.processes[service] = subprocess.Popen(
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.processes[name] = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -65,15 +76,15 @@ class Stack:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.ports[service]),
+                str(self.ports[name]),
                 "--no-access-log",
             ],
             cwd=ROOT,
-            env=self.env(service),
+            env=self.env(name),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready(service, timeout)
+        self.wait_ready(name, timeout)
 
     def wait_ready(self, service: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -1,5 +1,5 @@
-"""Faults while events flow: kill -9 of a service mid-stream, and a broker outage under
-ingest. At the end nothing is lost and nothing is counted twice."""
+"""Faults while events flow: kill -9 of a service mid-stream, of one of two replicas, and a
+broker outage under ingest. At the end nothing is lost and nothing is counted twice."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from tests.e2e.funnel import Scenario
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, service_of
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +145,52 @@ async def test_broker_outage_gives_503s_and_retried_events_are_counted_once(
     finally:
         await scenario.close()
         stack.stop_all()
+
+
+def processed(stack: Stack, name: str, group: str) -> float:
+    """Events a replica's consumer has applied, from its /metrics."""
+    text = httpx.get(f"{stack.url(name)}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("embudo_events_processed_total{") and f'group="{group}"' in line
+    )
+
+
+async def test_two_replicas_of_each_consumer_share_the_work_and_a_killed_one_loses_nothing(stack: Stack):
+    consumers = ("leads", "sales", "metrics")
+    for service in consumers:
+        stack.start(f"{service}#2")
+    scenario = Scenario(stack)
+    try:
+        flowing = asyncio.create_task(flow(scenario, clicks=600, submissions=200))
+
+        async def both_replicas_working() -> bool:
+            replicas = ("leads", "leads#2", "metrics", "metrics#2")
+            return all(processed(stack, name, service_of(name)) > 0 for name in replicas)
+
+        await eventually(both_replicas_working, timeout=60)
+        for service in consumers:  # mid-stream: the group moves its partitions to the survivor
+            stack.kill(f"{service}#2")
+        await asyncio.sleep(1.0)
+        for service in consumers:  # and a new replica joins later
+            stack.start(f"{service}#3")
+        done = await flowing
+        assert done == {"click": 600, "submission": 200}
+
+        unique_facts(scenario)
+        expected = scenario.expected(campaign_id="flow")
+        await scenario.kpis_settle_at(expected, **scenario.period(), campaign_id="flow")
+        await asyncio.sleep(2)  # a late double count would show up now
+        assert await scenario.kpis_settle_at(expected, timeout=1, **scenario.period(), campaign_id="flow")
+        # Every lead once in leads too, whichever replica created it.
+        emails, cursor = [], None
+        while True:
+            params = {"limit": 200} | ({"cursor": cursor} if cursor else {})
+            page = (await scenario.leads.get("/v1/leads", params=params)).json()
+            emails += [lead["email"] for lead in page["items"]]
+            if not (cursor := page.get("next_cursor")):
+                break
+        assert len(emails) == len(set(emails)) == 200
+    finally:
+        await scenario.close()
