@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 from shared.app import DbPool
 from shared.events import Text, utcnow
@@ -65,6 +67,132 @@ Channel = Annotated[Text | None, Query(max_length=200)]
 Attribution = Annotated[AttributionModel, Query()]
 
 
+# --- what the answers look like (docs/kpis.md has the definitions) -------------------------
+
+Money = Annotated[str, Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", description="decimal string, 2 places")]
+Count = Annotated[int, Field(ge=0)]
+Ratio = Annotated[float | None, Field(description="rounded to 4 places; null when its denominator is 0")]
+
+
+class FiltersOut(BaseModel):
+    campaign_id: str | None
+    channel: str | None
+
+
+class SalesCycleDays(BaseModel):
+    average: float | None
+    median: float | None
+
+
+class Funnel(BaseModel):
+    leads: Count
+    mql: Count
+    sql: Count
+    opportunity: Count
+    customer: Count
+
+
+class ConversionRates(BaseModel):
+    visitor_to_lead: Ratio
+    click_to_lead: Ratio
+    lead_to_mql: Ratio
+    mql_to_sql: Ratio
+    sql_to_opportunity: Ratio
+    opportunity_to_customer: Ratio
+    lead_to_customer: Ratio
+
+
+class Kpis(BaseModel):
+    cac: Money | None
+    conversion_rate: Ratio = Field(description="the headline: visitor → lead (= conversion_rates.visitor_to_lead)")
+    roi: Ratio
+    leads_generated: Count
+    close_rate: Ratio
+    sales_cycle_days: SalesCycleDays
+    ltv: Money | None
+    revenue: Money
+    page_views: Count = Field(description="by their own time, filtered by their session's campaign/channel")
+    sessions: Count = Field(description="started in the period")
+    visitors: Count = Field(description="distinct persons with a session in the period (a lead once)")
+    impressions: Count
+    clicks: Count
+    spend: Money
+    funnel: Funnel
+    conversion_rates: ConversionRates
+    deals_won: Count
+    deals_lost: Count
+    win_rate: Ratio
+    new_customers: Count
+    ltv_to_cac: Ratio
+
+
+class Question(BaseModel):
+    from_: datetime = Field(alias="from")
+    to: datetime
+    currency: str
+    filters: FiltersOut
+    attribution: AttributionModel
+
+
+class KpiReport(Kpis, Question):
+    as_of: datetime | None = Field(description="the time of the newest event applied")
+
+
+class Timeseries(Question):
+    interval: Interval
+    buckets: list[KpiReport]
+    as_of: datetime | None
+
+
+class BreakdownRow(Kpis):
+    campaign_id: str | None = Field(default=None, description="by=campaign: the row's campaign (null: unattributed)")
+    channel: str | None = Field(default=None, description="by=channel: the row's channel (null: unattributed)")
+
+
+class Breakdown(Question):
+    by: BreakdownBy
+    rows: list[BreakdownRow]
+    as_of: datetime | None
+
+
+class ReasonCount(BaseModel):
+    reason: str
+    count: Count
+
+
+class ObjectionCount(BaseModel):
+    objection: str
+    count: Count
+
+
+class CampaignFeedback(BaseModel):
+    campaign_id: str | None
+    deals_lost: Count
+    lost_reasons: list[ReasonCount]
+    objections: list[ObjectionCount]
+
+
+class Feedback(BaseModel):
+    from_: datetime = Field(alias="from")
+    to: datetime
+    filters: FiltersOut
+    attribution: AttributionModel
+    deals_lost: Count
+    lost_reasons: list[ReasonCount]
+    objections: list[ObjectionCount]
+    campaigns: list[CampaignFeedback]
+    as_of: datetime | None
+
+
+def answers(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 with its body, and the 304 a matching If-None-Match gets."""
+    etag = {"ETag": {"description": "weak; send it back in If-None-Match", "schema": {"type": "string"}}}
+    return {
+        200: {"model": model, "headers": etag},
+        304: {"description": "Not modified: the ETag in If-None-Match is current", "headers": etag},
+    }
+
+
 def period_of(from_: str | None, to: str | None) -> Period:
     return resolve_period(from_, to, utcnow())
 
@@ -86,7 +214,7 @@ async def conditional_get(
     return JSONResponse(body, headers=headers)
 
 
-@router.get("/kpis")
+@router.get("/kpis", responses=answers(KpiReport))
 async def get_kpis(
     request: Request, pool: DbPool, settings: Settings, from_: From = None, to: To = None,
     campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
@@ -100,7 +228,7 @@ async def get_kpis(
     return await conditional_get(request, pool, (period, filters, attribution), compute)
 
 
-@router.get("/kpis/timeseries")
+@router.get("/kpis/timeseries", responses=answers(Timeseries))
 async def get_timeseries(
     request: Request, pool: DbPool, settings: Settings, from_: From = None, to: To = None,
     interval: Interval = "day", campaign_id: CampaignId = None, channel: Channel = None,
@@ -118,7 +246,7 @@ async def get_timeseries(
     return await conditional_get(request, pool, (period, interval, filters, attribution), compute)
 
 
-@router.get("/kpis/breakdown")
+@router.get("/kpis/breakdown", responses=answers(Breakdown))
 async def get_breakdown(
     request: Request, pool: DbPool, settings: Settings, by: Annotated[BreakdownBy, Query()], from_: From = None,
     to: To = None, campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
@@ -132,7 +260,7 @@ async def get_breakdown(
     return await conditional_get(request, pool, (period, by, filters, attribution), compute)
 
 
-@router.get("/feedback")
+@router.get("/feedback", responses=answers(Feedback))
 async def get_feedback(
     request: Request, pool: DbPool, from_: From = None, to: To = None, campaign_id: CampaignId = None,
     channel: Channel = None, attribution: Attribution = "first_touch",
