@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter, Gauge
 
+from shared.db import DATABASE_UNAVAILABLE
 from shared.events import Envelope, EventData
 from shared.kafka import EventProducer, PublishUnavailable
 from shared.topics import Topic, dead_letter_topic
@@ -80,11 +81,7 @@ def check_handlers(topics: Collection[Topic], handlers: Handlers, ignores: Colle
 
 # Errors that say "the world is down", not "this message is bad": retry without limit.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+    *DATABASE_UNAVAILABLE,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     PublishUnavailable,

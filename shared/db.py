@@ -15,6 +15,16 @@ from pathlib import Path
 import asyncpg
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+
+# The database cannot be reached (down, restarting, the network): an outage, not a bug.
+# Consumers wait it out; the HTTP API answers 503.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
 _MIGRATION_LOCK = 0x656D6275646F  # "embudo": one lock id for every service's migrations
 
 

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.db import DATABASE_UNAVAILABLE
 from shared.errors import Conflict, DomainError, InvalidField, NotFound, RateLimited, TooLarge
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DATABASE_UNAVAILABLE):  # an outage: the client should come back
+            log.warning("database unavailable", extra={"path": request.url.path, "error": repr(exc)})
+            return problem_response(
+                503, "The database is not reachable right now; retry shortly.", headers={"Retry-After": "5"}
+            )
         log.exception("unhandled error", extra={"path": request.url.path})
         return problem_response(500, "An unexpected error occurred.")
 

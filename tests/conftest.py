@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from shared.topics import delete_topics, ensure_topics
-from tests.support import LOCAL, PrivateBroker, TopicReader
+from tests.support import LOCAL, PrivateBroker, PrivateDatabase, TopicReader
 
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 POSTGRES_IMAGE = "postgres:16"
@@ -149,3 +149,14 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateDatabase]:
+    """For tests that stop the database: stopping the shared one would break the others."""
+    database = PrivateDatabase()
+    database.reset()
+    try:
+        yield database
+    finally:
+        database.stop()

@@ -102,6 +102,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PrivateDatabase:
+    """A PostgreSQL cluster of the tests' own (Debian's tooling, via the same script as
+    `make infra-up`, cluster `embudofaults` on its own port), so a test can stop and restart
+    it without taking the shared one away from anyone. Its databases start empty."""
+
+    PORT = 5439
+
+    def __init__(self) -> None:
+        self.env = os.environ | {"POSTGRES_PORT": str(self.PORT), "POSTGRES_CLUSTER": "embudofaults"}
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://embudo:embudo@127.0.0.1:{self.PORT}/{database}"
+
+    def reset(self) -> None:
+        subprocess.run([str(LOCAL / "postgres.sh"), "reset"], env=self.env, check=True, timeout=240)
+
+    def start(self) -> None:
+        subprocess.run([str(LOCAL / "postgres.sh"), "start"], env=self.env, check=True, timeout=240)
+
+    def stop(self) -> None:
+        subprocess.run([str(LOCAL / "postgres.sh"), "stop"], env=self.env, check=True, timeout=240)
+
+
 class PrivateBroker:
     """A broker of the test's own (the same jars and script as `make infra-up`, its own
     state dir and ports), so a test can stop and restart it without disturbing anyone."""

@@ -194,3 +194,44 @@ async def test_two_replicas_of_each_consumer_share_the_work_and_a_killed_one_los
         assert len(emails) == len(set(emails)) == 200
     finally:
         await scenario.close()
+
+
+async def test_a_postgres_restart_mid_stream_is_waited_out_and_loses_nothing(
+    topics, private_postgres, topic_prefix, tmp_path
+):
+    dsns = {service: private_postgres.dsn(f"embudo_{service}") for service in ("leads", "sales", "metrics")}
+    stack = Stack(topics, dsns, topic_prefix, tmp_path / "logs")
+    stack.start_all()
+    scenario = Scenario(stack)
+    try:
+        flowing = asyncio.create_task(flow(scenario, clicks=400, submissions=150))
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(private_postgres.stop)
+
+        def readiness(service: str) -> int:
+            return httpx.get(f"{stack.url(service)}/health/ready", timeout=5).status_code
+
+        for service in ("leads", "sales", "metrics"):  # they say so, and stay up
+            assert await asyncio.to_thread(readiness, service) == 503
+        down = await scenario.metrics.get("/v1/kpis")
+        assert down.status_code == 503 and down.headers["Retry-After"], down.text
+        assert down.headers["content-type"].startswith("application/problem+json")
+        await asyncio.sleep(3)
+        await asyncio.to_thread(private_postgres.start)
+
+        async def all_ready() -> bool:
+            return all([await asyncio.to_thread(readiness, s) == 200 for s in ("leads", "sales", "metrics")])
+
+        await eventually(all_ready, timeout=60)  # on their own: nothing was restarted
+        done = await flowing
+        assert done == {"click": 400, "submission": 150}
+
+        unique_facts(scenario)
+        expected = scenario.expected(campaign_id="flow")
+        await scenario.kpis_settle_at(expected, timeout=120, **scenario.period(), campaign_id="flow")
+        await asyncio.sleep(2)
+        assert await scenario.kpis_settle_at(expected, timeout=1, **scenario.period(), campaign_id="flow")
+        assert all(process.poll() is None for process in stack.processes.values())
+    finally:
+        await scenario.close()
+        stack.stop_all()
