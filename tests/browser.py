@@ -82,6 +82,33 @@ class Site:
             thread.join()
 
 
+@contextmanager
+def shop(ingest: str, key: str, consent: bool = False) -> Iterator[Site]:
+    """A small shop loading the tracker on every page, running: a landing page, pricing, and a
+    contact form marked data-embudo (form_id demo-request) whose `redirect` is /thanks.html
+    (followed when ingest allows the site's host)."""
+    site = Site({})
+    with site.serving():
+
+        def page(title: str, body: str = "") -> str:
+            return tracker_page(ingest, key, title, body, consent=consent)
+
+        contact_form = (
+            '<form id="contact" data-embudo="demo-request">'
+            '<input name="email" type="email"><input name="budget">'
+            f'<input type="hidden" name="redirect" value="{site.url("/thanks.html")}"><button>Send</button></form>'
+        )
+        site.pages.update(
+            {
+                "/landing.html": page("Spring offer", '<a id="next" href="/pricing.html">Pricing</a>'),
+                "/pricing.html": page("Pricing", '<a id="next" href="/contact.html">Contact</a>'),
+                "/contact.html": page("Contact", contact_form),
+                "/thanks.html": "<!doctype html><title>Thanks</title><p id='thanks'>Thanks!</p>",
+            }
+        )
+        yield site
+
+
 class IngestRequests:
     """Every request a page makes to ingest, in the order the browser made them."""
 

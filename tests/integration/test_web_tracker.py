@@ -9,8 +9,6 @@ every event that lands proves the tracker posted without one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
@@ -20,7 +18,7 @@ from test_metrics_support import over_http
 from services.ingest.main import build_app
 from services.ingest.settings import IngestSettings
 from shared.topics import FORM_SUBMISSIONS, PAGE_VIEWS
-from tests.browser import SITE_HOST, IngestRequests, Site, chromium, tracker_loaded, tracker_page
+from tests.browser import SITE_HOST, IngestRequests, chromium, shop, tracker_loaded
 from tests.support import serve
 
 pytestmark = pytest.mark.integration
@@ -64,31 +62,6 @@ async def page_views(settings, topic_reader, topic_prefix):
 @pytest.fixture
 async def forms(settings, topic_reader, topic_prefix):
     return await topic_reader(topic_prefix + FORM_SUBMISSIONS.name)
-
-
-@contextmanager
-def shop(ingest: str, consent: bool = False) -> Iterator[Site]:
-    """A small website loading the tracker on every page, running."""
-    site = Site({})
-    with site.serving():
-
-        def page(title: str, body: str = "") -> str:
-            return tracker_page(ingest, KEY, title, body, consent=consent)
-
-        contact_form = (
-            '<form id="contact" data-embudo="demo-request">'
-            '<input name="email" type="email"><input name="budget">'
-            f'<input type="hidden" name="redirect" value="{site.url("/thanks.html")}"><button>Send</button></form>'
-        )
-        site.pages.update(
-            {
-                "/landing.html": page("Spring offer", '<a id="next" href="/pricing.html">Pricing</a>'),
-                "/pricing.html": page("Pricing", '<a id="next" href="/contact.html">Contact</a>'),
-                "/contact.html": page("Contact", contact_form),
-                "/thanks.html": "<!doctype html><title>Thanks</title><p id='thanks'>Thanks!</p>",
-            }
-        )
-        yield site
 
 
 def utm(data) -> tuple[str | None, str | None, str | None]:
@@ -143,7 +116,7 @@ async def test_a_form_submission_posts_as_text_plain_json_with_the_key_parameter
 async def test_a_visitor_keeps_one_id_across_pages_and_its_form_carries_it_with_the_landing_utm(
     ingest, browser, page_views, forms
 ):
-    with shop(ingest) as site:
+    with shop(ingest, KEY) as site:
         context = await browser.new_context()
         page = await context.new_page()
         requests = IngestRequests(page, ingest)
@@ -187,7 +160,7 @@ async def test_a_visitor_keeps_one_id_across_pages_and_its_form_carries_it_with_
 async def test_a_later_landing_with_new_utm_replaces_the_session_utm_and_identify_posts_it(
     ingest, browser, page_views, forms
 ):
-    with shop(ingest) as site:
+    with shop(ingest, KEY) as site:
         context = await browser.new_context()
         page = await context.new_page()
         await visit(page, site.url("/landing.html" + CAMPAIGN))
@@ -218,7 +191,7 @@ async def test_a_later_landing_with_new_utm_replaces_the_session_utm_and_identif
 
 
 async def test_with_consent_required_nothing_is_stored_or_sent_before_consent(ingest, browser, page_views, forms):
-    with shop(ingest, consent=True) as site:
+    with shop(ingest, KEY, consent=True) as site:
         context = await browser.new_context()
         page = await context.new_page()
         requests = IngestRequests(page, ingest)
@@ -258,7 +231,7 @@ async def test_with_consent_required_nothing_is_stored_or_sent_before_consent(in
 
 
 async def test_an_opt_out_without_consent_mode_is_remembered_on_later_pages(ingest, browser, page_views):
-    with shop(ingest) as site:
+    with shop(ingest, KEY) as site:
         context = await browser.new_context()
         page = await context.new_page()
         requests = IngestRequests(page, ingest)
