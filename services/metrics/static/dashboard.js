@@ -97,13 +97,14 @@ function makeCharts() {
   return {
     funnel: new Chart($("funnel-chart"), {
       type: "bar",
-      data: { labels: ["Leads", "MQL", "SQL", "Opportunity", "Customer"],
-              datasets: [{ label: "Leads reaching the stage", data: [], backgroundColor: "#2f6fde" }] },
+      data: { labels: ["Visitors", "Leads", "MQL", "SQL", "Opportunity", "Customer"],
+              datasets: [{ label: "Reaching the stage", data: [], backgroundColor: "#2f6fde" }] },
       options: { ...common, indexAxis: "y", plugins: { legend: { display: false } } },
     }),
     timeseries: new Chart($("timeseries-chart"), {
       type: "line",
       data: { labels: [], datasets: [
+        { label: "Visitors", data: [], borderColor: "#8e6bd1", yAxisID: "count" },
         { label: "Leads", data: [], borderColor: "#2f6fde", yAxisID: "count" },
         { label: "New customers", data: [], borderColor: "#1b998b", yAxisID: "count" },
         { label: "Revenue", data: [], borderColor: "#e07a1f", yAxisID: "money" },
@@ -118,22 +119,26 @@ function makeCharts() {
 
 function renderFunnel(kpis) {
   const f = kpis.funnel;
-  charts.funnel.data.datasets[0].data = [f.leads, f.mql, f.sql, f.opportunity, f.customer];
+  charts.funnel.data.datasets[0].data = [kpis.visitors, f.leads, f.mql, f.sql, f.opportunity, f.customer];
   charts.funnel.update("none");
 }
 
 function renderTimeseries(series) {
   const buckets = series.buckets;
   charts.timeseries.data.labels = buckets.map((b) => b.from.slice(0, 10));
-  charts.timeseries.data.datasets[0].data = buckets.map((b) => b.leads_generated);
-  charts.timeseries.data.datasets[1].data = buckets.map((b) => b.new_customers);
-  charts.timeseries.data.datasets[2].data = buckets.map((b) => Number(b.revenue));
+  const [visitors, leads, customers, revenue] = charts.timeseries.data.datasets;
+  visitors.data = buckets.map((b) => b.visitors);
+  leads.data = buckets.map((b) => b.leads_generated);
+  customers.data = buckets.map((b) => b.new_customers);
+  revenue.data = buckets.map((b) => Number(b.revenue));
   charts.timeseries.update("none");
 }
 
 const COLUMNS = [
-  ["leads_generated", "Leads", "count"], ["clicks", "Clicks", "count"], ["spend", "Spend", "money"],
-  ["conversion_rate", "Click → lead", "ratio"], ["new_customers", "New customers", "count"],
+  ["visitors", "Visitors", "count"], ["sessions", "Sessions", "count"],
+  ["leads_generated", "Leads", "count"], ["conversion_rate", "Visitor → lead", "ratio"],
+  ["clicks", "Clicks", "count"], ["spend", "Spend", "money"],
+  ["conversion_rates.click_to_lead", "Click → lead", "ratio"], ["new_customers", "New customers", "count"],
   ["revenue", "Revenue", "money"], ["cac", "CAC", "money"], ["roi", "ROI", "ratio"],
   ["win_rate", "Win rate", "ratio"],
 ];
@@ -152,7 +157,7 @@ function renderBreakdown(table, body, keyName, label) {
     const tr = document.createElement("tr");
     tr.dataset.key = row[keyName] ?? "";
     tr.append(cell("td", row[keyName] ?? "(unattributed)"),
-              ...COLUMNS.map(([name, , kind]) => cell("td", format(row[name], kind))));
+              ...COLUMNS.map(([name, , kind]) => cell("td", format(lookup(row, name), kind))));
     return tr;
   }));
 }
