@@ -159,7 +159,8 @@ class MessageMapper:
             body = page_view(message, context)
             return self._validated(outcome, PageViewInput, body | common if body else None)
         if outcome.type == "identify":
-            traits = _obj(message.get("traits"))
+            # RudderStack's SDKs send an identify's traits in context.traits, Segment's at the top.
+            traits = {**_obj(context.get("traits")), **_obj(message.get("traits"))}
             if _text(traits.get("email")) is None:
                 return outcome  # identifying a user is no lead until there is an email
             body = submission(traits, IDENTIFY_FORM_ID, message, context)

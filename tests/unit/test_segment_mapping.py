@@ -170,6 +170,14 @@ def test_an_identify_keeps_at_most_fifty_storable_fields():
     assert list(outcome.input.fields) == [f"t{i}" for i in range(50)]
 
 
+def test_an_identify_reads_context_traits_where_rudderstack_puts_them():
+    message = {"type": "identify", "userId": "u1", "context": {"traits": {"email": "ana@example.com", "name": "Ana"}}}
+    outcome = mapper().map(message)
+    assert (outcome.input.email, outcome.input.name) == ("ana@example.com", "Ana")
+    both = {**message, "traits": {"name": "Ana López"}}  # the message's own traits win
+    assert mapper().map(both).input.name == "Ana López"
+
+
 def test_an_identify_without_an_email_is_ignored():
     outcome = mapper().map({"type": "identify", "userId": "u1", "traits": {"name": "Ana"}})
     assert (outcome.input, outcome.skipped) == (None, None)
