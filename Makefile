@@ -14,12 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+## KAFKA_BROKERS=3 for a three-broker cluster (deploy/local/kafka.sh).
+KAFKA_BROKERS ?= 1
 infra-up:
 	$(LOCAL)/postgres.sh start
-	$(LOCAL)/kafka.sh start
+	KAFKA_BROKERS=$(KAFKA_BROKERS) $(LOCAL)/kafka.sh start
 
 infra-down:
-	$(LOCAL)/kafka.sh stop
+	KAFKA_BROKERS=$(KAFKA_BROKERS) $(LOCAL)/kafka.sh stop
 	$(LOCAL)/postgres.sh stop
 
 ## Kafka, Postgres and the four services in the background; logs in .run/logs/.

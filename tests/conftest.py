@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from shared.topics import delete_topics, ensure_topics
-from tests.support import LOCAL, PrivateBroker, PrivateDatabase, TopicReader
+from tests.support import LOCAL, PrivateBroker, PrivateCluster, PrivateDatabase, TopicReader
 
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 POSTGRES_IMAGE = "postgres:16"
@@ -160,3 +160,14 @@ def private_postgres() -> Iterator[PrivateDatabase]:
         yield database
     finally:
         database.stop()
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+    """Three brokers of the test's own, for tests that kill one."""
+    cluster = PrivateCluster(tmp_path / "kafka-cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,10 +1,12 @@
 """Helpers for tests: reading topics, serving an app in-process, waiting for a condition,
-a broker of a test's own."""
+a broker, a cluster and a database of a test's own."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,6 +125,49 @@ class PrivateDatabase:
 
     def stop(self) -> None:
         subprocess.run([str(LOCAL / "postgres.sh"), "stop"], env=self.env, check=True, timeout=240)
+
+
+class PrivateCluster:
+    """Three KRaft nodes of the test's own (kafka.sh with KAFKA_BROKERS=3: a quorum of three,
+    internal topics with replication factor 3), on six consecutive free ports."""
+
+    def __init__(self, state_dir: Path, brokers: int = 3) -> None:
+        self.state_dir = state_dir
+        self.brokers = brokers
+        base = consecutive_free_ports(2 * brokers)
+        self.env = os.environ | {
+            "KAFKA_BROKERS": str(brokers),
+            "KAFKA_STATE_DIR": str(state_dir),
+            "KAFKA_PORT": str(base),
+            "KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m",
+        }
+        self.ports = {node: base + 2 * (node - 1) for node in range(1, brokers + 1)}
+        self.bootstrap = ",".join(f"127.0.0.1:{port}" for port in self.ports.values())
+
+    def start(self) -> None:
+        subprocess.run([str(LOCAL / "kafka.sh"), "start"], env=self.env, check=True, timeout=240)
+
+    def stop(self) -> None:
+        subprocess.run([str(LOCAL / "kafka.sh"), "stop"], env=self.env, check=True, timeout=240)
+
+    def kill(self, node: int) -> None:
+        """SIGKILL one node's JVM: no controlled shutdown, no leadership handed over."""
+        pid = int((self.state_dir / f"node-{node}" / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive ports that are free now."""
+    for _ in range(200):
+        base = random.randint(20_000, 40_000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 class PrivateBroker:

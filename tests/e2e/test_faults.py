@@ -1,5 +1,6 @@
-"""Faults while events flow: kill -9 of a service mid-stream, of one of two replicas, and a
-broker outage under ingest. At the end nothing is lost and nothing is counted twice."""
+"""Faults while events flow: kill -9 of a service mid-stream, of one of two replicas, of the
+partition leader's broker in a three-broker cluster; a broker outage under ingest, a
+Postgres restart. At the end nothing is lost and nothing is counted twice."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaClient, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.partitioner import DefaultPartitioner
 
+from shared.topics import CAMPAIGN_EVENTS
 from tests.e2e.funnel import Scenario
 from tests.e2e.stack import Stack, service_of
 from tests.support import eventually
@@ -232,6 +238,59 @@ async def test_a_postgres_restart_mid_stream_is_waited_out_and_loses_nothing(
         await asyncio.sleep(2)
         assert await scenario.kpis_settle_at(expected, timeout=1, **scenario.period(), campaign_id="flow")
         assert all(process.poll() is None for process in stack.processes.values())
+    finally:
+        await scenario.close()
+        stack.stop_all()
+
+
+async def partition_leader(bootstrap: str, topic: str, key: bytes) -> tuple[int, int]:
+    """(partition of `key` under the producers' default partitioner, id of its leader broker)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        await client.force_metadata_update()
+        partitions = sorted(client.cluster.partitions_for_topic(topic))
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        return partition, client.cluster.leader_for_partition(TopicPartition(topic, partition))
+    finally:
+        await client.close()
+
+
+async def test_a_three_broker_cluster_loses_nothing_when_the_partition_leaders_broker_dies(
+    private_cluster, new_database, topic_prefix, tmp_path
+):
+    dsns = {service: await new_database() for service in ("leads", "sales", "metrics")}
+    stack = Stack(private_cluster.bootstrap, dsns, topic_prefix, tmp_path / "logs",
+                  extra_env={"EMBUDO_KAFKA_REPLICATION_FACTOR": "3"})  # fmt: skip
+    stack.start_all()
+    scenario = Scenario(stack)
+    try:
+        clicks = topic_prefix + CAMPAIGN_EVENTS.name
+        admin = AIOKafkaAdminClient(bootstrap_servers=private_cluster.bootstrap)
+        await admin.start()
+        try:
+            [described] = await admin.describe_topics([clicks])
+            [configs] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, clicks)])
+        finally:
+            await admin.close()
+        assert {len(p["replicas"]) for p in described["partitions"]} == {3}
+        settings = {name: value for name, value, *_ in configs.resources[0][4]}
+        assert settings["min.insync.replicas"] == "2"
+
+        flowing = asyncio.create_task(flow(scenario, clicks=400, submissions=150))
+        await asyncio.sleep(1.5)
+        partition, leader = await partition_leader(private_cluster.bootstrap, clicks, b"flow")
+        private_cluster.kill(leader)  # the broker every click of the flow is written to
+        done = await flowing
+        assert done == {"click": 400, "submission": 150}
+        _, new_leader = await partition_leader(private_cluster.bootstrap, clicks, b"flow")
+        assert new_leader != leader
+
+        unique_facts(scenario)
+        expected = scenario.expected(campaign_id="flow")
+        await scenario.kpis_settle_at(expected, timeout=120, **scenario.period(), campaign_id="flow")
+        await asyncio.sleep(2)
+        assert await scenario.kpis_settle_at(expected, timeout=1, **scenario.period(), campaign_id="flow")
     finally:
         await scenario.close()
         stack.stop_all()
