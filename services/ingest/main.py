@@ -17,7 +17,8 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     settings.require("write_keys")  # outside EMBUDO_ENV=dev there is no default key
     app = create_app(ServiceSpec(name="ingest", settings=settings, routers=[router, segment_router]))
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    share = settings.rate_limit_processes
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second / share, settings.rate_limit_burst / share)
     if settings.cors_origins:
         # Outermost, so a browser's preflight is answered before anything else runs.
         app.add_middleware(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
-from pydantic import AfterValidator, BeforeValidator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import DEV_WRITE_KEY, CsvList, ServiceSettings, current_settings, split_csv
@@ -31,6 +31,10 @@ class IngestSettings(ServiceSettings):
     # 0 turns the limit off.
     rate_limit_per_second: float = 25_000.0
     rate_limit_burst: float = 50_000.0
+    # How many ingest processes share those limits (replicas × uvicorn workers): each keeps
+    # its own buckets and enforces its share, so behind a balancer that spreads requests
+    # evenly a key gets the configured rate in all, not that rate times the processes.
+    rate_limit_processes: int = Field(default=1, ge=1)
     # Largest event, measured as the JSON published to Kafka.
     max_event_bytes: int = 32 * 1024
     # Retry-After sent with a 503 when Kafka did not acknowledge in time.

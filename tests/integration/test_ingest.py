@@ -533,6 +533,17 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_but_other_keys_do_n
     assert published == {*first.json()["event_ids"], *second.json()["event_ids"], *other.json()["event_ids"]}
 
 
+async def test_processes_sharing_a_limit_each_enforce_their_share(ingest_settings):
+    # 4 events of burst shared by two processes: each admits 2, so the pair admits 4.
+    settings = await ingest_settings(rate_limit_per_second=0.001, rate_limit_burst=4, rate_limit_processes=2)
+    statuses = []
+    for _ in range(2):
+        async with serve(build_app(settings)) as client:
+            statuses += [(await client.post("/v1/campaign-events", json=click(), headers=AUTH)).status_code
+                         for _ in range(3)]  # fmt: skip
+    assert statuses == [202, 202, 429, 202, 202, 429]
+
+
 async def test_a_batch_costs_one_token_per_event(ingest_settings):
     settings = await ingest_settings(rate_limit_per_second=0.001, rate_limit_burst=3)
     item = {"type": "campaign_event", **click()}
