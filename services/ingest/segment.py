@@ -124,6 +124,15 @@ def header_key(request: Request) -> str | None:
     raise unauthorized()
 
 
+def body_key(body: object) -> str | None:
+    """`writeKey` in the body; in a batch without one, the first message's (analytics.js
+    puts the key in every message)."""
+    if not isinstance(body, dict):
+        return None
+    candidates = [body, *(m for m in messages_of(body) or () if isinstance(m, dict))]
+    return next((c["writeKey"] for c in candidates if isinstance(c.get("writeKey"), str)), None)
+
+
 # --- reading bodies ---------------------------------------------------------------------
 
 
@@ -197,8 +206,8 @@ async def receive(
         if presented is None:  # no key anywhere: the body cannot tell one
             raise unauthorized() from None
         raise refusal(400, "malformed_json", "The request body is not valid JSON.", title="Malformed JSON") from None
-    if presented is None and isinstance(body, dict):
-        presented = body.get("writeKey") if isinstance(body.get("writeKey"), str) else None
+    if presented is None:
+        presented = body_key(body)
     if not token_matches(presented, settings.write_keys):
         raise unauthorized()
     assert presented is not None

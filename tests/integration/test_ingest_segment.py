@@ -125,6 +125,13 @@ async def test_the_key_in_the_body_as_analytics_js_sends_it_as_text_plain(client
     assert event.data.anonymous_id == "visitor-2"
 
 
+async def test_a_batch_without_a_key_of_its_own_takes_its_first_messages(client, page_views):
+    body = {"batch": [{**page("visitor-14"), "writeKey": KEY}, page("visitor-15")]}
+    assert_success(await post(client, "b", body, headers={"Content-Type": "text/plain"}))
+    events = events_of(await page_views.read_until(lambda r: len(r) >= 2))
+    assert sorted(e.data.anonymous_id for e in events) == ["visitor-14", "visitor-15"]
+
+
 async def test_bearer_keeps_working(client, page_views):
     headers = {**JSON_BODY, "Authorization": f"Bearer {KEY}"}
     assert_success(await post(client, "page", page("visitor-3"), headers=headers))
@@ -144,6 +151,8 @@ def basic(user_and_password: bytes) -> dict:
         ({**JSON_BODY, "Authorization": "Bearer wrong-key"}, {"batch": [page()]}),
         (JSON_BODY, {"batch": [page()], "writeKey": "wrong-key"}),
         (JSON_BODY, {"batch": [page()], "writeKey": 12}),
+        (JSON_BODY, {"batch": [{**page(), "writeKey": "wrong-key"}, {**page(), "writeKey": KEY}]}),
+        (JSON_BODY, {"batch": [{**page(), "writeKey": KEY}], "writeKey": "wrong-key"}),  # the batch's key counts
         ({**JSON_BODY, "Authorization": "Basic not-base64!"}, {"batch": [page()]}),
         (basic(b":" + KEY.encode()), {"batch": [page()]}),  # the key is the username, not the password
         ({**JSON_BODY, "Authorization": f"Digest {KEY}"}, {"batch": [page()]}),
