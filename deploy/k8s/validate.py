@@ -9,6 +9,8 @@ No cluster is needed. The schemas come from:
 - CloudNativePG and KEDA: each operator's own CRD, as shipped in its Go module (fetched
   with `go mod download` into the Go module cache), made strict like kubeconform's
   openapi2jsonschema does: an object that lists its properties accepts no others.
+  A Kafka trigger's `metadata` is a free map in the CRD; its keys, which are required, their
+  enums and integer types are read from KEDA's Kafka scaler in the same module.
 - Strimzi: its CRDs are on no package registry reachable from CI, so schemas/ holds
   strict schemas of the fields these manifests use, written from Strimzi's API reference.
 
@@ -142,6 +144,47 @@ def local_schemas() -> dict[tuple[str, str], Any]:
     return schemas
 
 
+KEDA_FIELD = re.compile(r'^\s*\w+\s+(\[\]string|string|int64|int|bool|\w+)\s+`keda:"([^"]*)"`', re.M)
+
+
+@functools.cache
+def kafka_trigger_parameters() -> dict[str, dict[str, Any]]:
+    """The trigger metadata KEDA's Kafka scaler reads (its `keda:"name=…"` struct tags)."""
+    module, version, _ = CRD_MODULES["keda.sh"]
+    source = (module_dir(module, version) / "pkg/scalers/kafka_scaler.go").read_text()
+    parameters = {}
+    for go_type, tag in KEDA_FIELD.findall(source):
+        options = dict(part.partition("=")[::2] for part in tag.split(","))
+        if "triggerMetadata" not in options.get("order", "").split(";"):
+            continue
+        parameters[options["name"]] = {
+            "required": "optional" not in options and "default" not in options,
+            "enum": options["enum"].split(";") if options.get("enum") else None,
+            "integer": go_type in ("int", "int64"),
+        }
+    return parameters
+
+
+def kafka_trigger_problems(doc: Doc) -> Iterator[str]:
+    parameters = kafka_trigger_parameters()
+    for i, trigger in enumerate(doc.get("spec", {}).get("triggers", [])):
+        if trigger.get("type") != "kafka":
+            continue
+        metadata = trigger.get("metadata", {})
+        where = f"spec.triggers.{i}.metadata"
+        for key, value in metadata.items():
+            known = parameters.get(key)
+            if known is None:
+                yield f"{where}: {key!r} is not a parameter of KEDA's Kafka scaler"
+            elif known["enum"] and value not in known["enum"]:
+                yield f"{where}.{key}: {value!r} is not one of {known['enum']}"
+            elif known["integer"] and not str(value).lstrip("-").isdigit():
+                yield f"{where}.{key}: {value!r} is not an integer"
+        for key, known in parameters.items():
+            if known["required"] and key not in metadata:
+                yield f"{where}: {key!r} is required by KEDA's Kafka scaler"
+
+
 def schema_for(doc: Doc) -> Any | None:
     key = (doc.get("apiVersion", ""), doc.get("kind", ""))
     group = group_of(key[0])
@@ -178,7 +221,10 @@ def validate(doc: Doc) -> list[Problem]:
     schema = schema_for(doc)
     if schema is not None:
         validator = jsonschema.Draft4Validator(schema)  # OpenAPI 3.0 schemas follow draft 4's rules
-        return [Problem(kind, name, m) for m in _messages(validator.iter_errors(doc))]
+        problems = [Problem(kind, name, m) for m in _messages(validator.iter_errors(doc))]
+        if (api_version, kind) == ("keda.sh/v1alpha1", "ScaledObject"):
+            problems += [Problem(kind, name, m) for m in kafka_trigger_problems(doc)]
+        return problems
     problems = []
     for version in KUBERNETES_VERSIONS:
         core = core_validator(version, api_version, kind)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import copy
 import importlib
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from shared.topics import ALL_TOPICS, CONSUMER_GROUPS, Topic, topic_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-sys.path.insert(0, str(K8S))
-import validate  # noqa: E402  (deploy/k8s/validate.py: not a package)
+# deploy/k8s/validate.py is a script, not in a package.
+_spec = importlib.util.spec_from_file_location("deploy_k8s_validate", K8S / "validate.py")
+validate = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(validate)
 
 PORTS = {"ingest": 8001, "leads": 8002, "sales": 8003, "metrics": 8004}
 REPLICATION_FACTOR = 3
@@ -99,6 +102,7 @@ def drop_path(doc: dict, path: tuple) -> None:
 
 
 PROBE = ("spec", "template", "spec", "containers", 0, "livenessProbe", "httpGet")
+TRIGGER = ("spec", "triggers", 0, "metadata")
 BROKEN = [
     # (kind, name, how it is broken, what the validator must say)
     ("Deployment", "leads", lambda d: set_path(d, (*PROBE, "pathh"), "/health/live"), "'pathh' was unexpected"),
@@ -110,6 +114,11 @@ BROKEN = [
     ("Database", "embudo-sales", lambda d: drop_path(d, ("spec", "owner")), "'owner' is a required property"),
     ("ScaledObject", "leads", lambda d: drop_path(d, ("spec", "scaleTargetRef")), "'scaleTargetRef' is a required"),
     ("ScaledObject", "leads", lambda d: set_path(d, ("spec", "maxReplicaCount"), "6"), "is not of type 'integer'"),
+    # A Kafka trigger's metadata, as KEDA's Kafka scaler reads it.
+    ("ScaledObject", "sales", lambda d: set_path(d, (*TRIGGER, "lagThreshhold"), "10"), "not a parameter of KEDA"),
+    ("ScaledObject", "sales", lambda d: set_path(d, (*TRIGGER, "offsetResetPolicy"), "earlist"), "is not one of"),
+    ("ScaledObject", "sales", lambda d: set_path(d, (*TRIGGER, "lagThreshold"), "2k"), "is not an integer"),
+    ("ScaledObject", "sales", lambda d: drop_path(d, (*TRIGGER, "consumerGroup")), "'consumerGroup' is required"),
     ("Kafka", "embudo", lambda d: set_path(d, ("spec", "kafka", "replicas"), 3), "'replicas' was unexpected"),
     ("Kafka", "embudo", lambda d: drop_path(d, ("spec", "kafka", "listeners")), "'listeners' is a required"),
     ("KafkaNodePool", "dual-role", lambda d: set_path(d, ("spec", "roles"), ["brokers"]), "is not one of"),
