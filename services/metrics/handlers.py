@@ -7,8 +7,12 @@ of hundreds of events costs a handful of statements instead of one round trip pe
 
 from __future__ import annotations
 
+import math
+import time
 from decimal import Decimal
 from weakref import WeakKeyDictionary
+
+from prometheus_client import Gauge
 
 from shared.consumer import Handlers
 from shared.events import (
@@ -33,13 +37,28 @@ from .store import CampaignFacts, DealFacts, LeadFacts, PageViewFacts, Projectio
 
 _batches: WeakKeyDictionary[UnitOfWork, ProjectionBatch] = WeakKeyDictionary()
 
+# The newest event time this replica has written into the projection, and how far behind
+# now it is: with traffic flowing that is the projection's delay; without, it grows.
+_projected_as_of: list[float] = []  # one value once something was projected
+PROJECTION_DELAY = Gauge(
+    "embudo_projection_delay_seconds", "now - the newest event time this replica has projected (as_of)"
+)
+PROJECTION_DELAY.set_function(lambda: time.time() - _projected_as_of[0] if _projected_as_of else math.nan)
+
+
+async def _write(uow: UnitOfWork, batch: ProjectionBatch) -> None:
+    await store.write_batch(uow.conn, batch)
+    if batch.as_of is not None:
+        newest = batch.as_of.timestamp()
+        _projected_as_of[:] = [max([newest, *_projected_as_of])]
+
 
 def batch_of(event: Envelope, uow: UnitOfWork) -> ProjectionBatch:
     """This transaction's batch (created, and its write scheduled, on first use)."""
     batch = _batches.get(uow)
     if batch is None:
         batch = _batches[uow] = ProjectionBatch()
-        uow.before_commit(lambda: store.write_batch(uow.conn, batch))
+        uow.before_commit(lambda: _write(uow, batch))
     batch.applied(event.occurred_at)
     return batch
 
