@@ -1,11 +1,13 @@
-"""Rebuilding the metrics projection from the topics while the live service runs: the KPIs
-before and after the switch are identical, the API answers throughout, events that arrive
-during and after the rebuild land in the new projection, and nothing counts twice."""
+"""Operating metrics: its projection's delay on /metrics, and rebuilding the projection from
+the topics while the live service runs (the KPIs before and after the switch are identical,
+the API answers throughout, events that arrive during and after the rebuild land in the new
+projection, and nothing counts twice)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import time
 import uuid
 
 import asyncpg
@@ -28,6 +30,17 @@ def traffic(n: int, day: str) -> list:
         events += [lead.created(), lead.deal_created(deal, at(f"2025-03-{day}T12:00")),
                    lead.won(deal, at(f"2025-03-{day}T13:00"), "100.00")]  # fmt: skip
     return events
+
+
+async def test_metrics_reports_how_far_behind_now_its_projection_is(make_settings, topic_prefix):
+    async with running_metrics(make_settings, topic_prefix) as metrics:
+        newest = at("2025-03-02T13:00")
+        await metrics.send(traffic(10, "02"))
+        before = time.time()
+        text = (await metrics.client.get("/metrics")).text
+        after = time.time()
+        [line] = [line for line in text.splitlines() if line.startswith("embudo_projection_delay_seconds ")]
+        assert before - newest.timestamp() <= float(line.split()[1]) <= after - newest.timestamp()
 
 
 async def test_a_rebuild_replays_the_topics_and_switches_over_without_losing_or_doubling(make_settings, topic_prefix):
