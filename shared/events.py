@@ -275,9 +275,55 @@ class DealCreated(DealEventData):
     event_type: ClassVar[str] = "deal.created"
     name: str | None = None
     stage: DealStage
-    amount: Amount | None = None
+    amount: Amount | None = None  # expected
     currency: str
     created_at: UtcDatetime
+    expected_close_date: date | None = None
+    probability: float | None = None  # of its stage, from sales' configuration
+    # A deal opened by a lead reaching SQL is a handoff: sales accepts or rejects it.
+    handoff: bool = False
+
+
+class DealDetailsChanged(DealEventData):
+    """The expected amount or close date of an open deal changed (both given as they are now)."""
+
+    event_type: ClassVar[str] = "deal.details_changed"
+    amount: Amount | None = None
+    currency: str
+    expected_close_date: date | None = None
+    occurred_at: UtcDatetime
+
+
+class DealAccepted(DealEventData):
+    """Sales took the handoff (explicitly, or by working the deal: a move, a win, a loss)."""
+
+    event_type: ClassVar[str] = "deal.accepted"
+    occurred_at: UtcDatetime
+
+
+class DealRejected(DealEventData):
+    """Sales returned the handoff to marketing; the deal is closed as rejected."""
+
+    event_type: ClassVar[str] = "deal.rejected"
+    reason: str
+    occurred_at: UtcDatetime
+
+
+class Objection(BaseModel):
+    """An objection as recorded (`text`) and the vocabulary's key it counts under
+    (`other` when it matches none)."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str
+    text: str
+
+
+class DealObjectionsRecorded(DealEventData):
+    """Objections raised on an open or won deal (a lost deal's come with deal.lost)."""
+
+    event_type: ClassVar[str] = "deal.objections_recorded"
+    objections: list[Objection]
+    occurred_at: UtcDatetime
 
 
 class DealStageChanged(DealEventData):
@@ -299,7 +345,9 @@ class DealWon(DealEventData):
 class DealLost(DealEventData):
     event_type: ClassVar[str] = "deal.lost"
     reason: str
-    objections: list[str] = Field(default_factory=list)
+    objections: list[str] = Field(default_factory=list)  # as recorded
+    # The same objections with their vocabulary keys (events before the vocabulary: empty).
+    normalised_objections: list[Objection] = Field(default_factory=list)
     occurred_at: UtcDatetime
 
 
@@ -324,6 +372,10 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         LeadTouched,
         LeadStageChanged,
         DealCreated,
+        DealDetailsChanged,
+        DealAccepted,
+        DealRejected,
+        DealObjectionsRecorded,
         DealStageChanged,
         DealWon,
         DealLost,

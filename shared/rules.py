@@ -20,7 +20,8 @@ LEAD_STAGES: tuple[LeadStage, ...] = get_args(LeadStage)
 LEAD_STAGE_RANK: dict[LeadStage, int] = {"lead": 0, "disqualified": 0, "mql": 1, "sql": 2}
 
 OpenDealStage = Literal["qualification", "proposal", "negotiation"]
-ClosedDealStage = Literal["won", "lost"]
+# A rejected deal is a handoff sales returned to marketing: closed, but neither won nor lost.
+ClosedDealStage = Literal["won", "lost", "rejected"]
 DealStage = Literal[OpenDealStage, ClosedDealStage]
 OPEN_DEAL_STAGES: tuple[OpenDealStage, ...] = get_args(OpenDealStage)
 CLOSED_DEAL_STAGES: tuple[ClosedDealStage, ...] = get_args(ClosedDealStage)

@@ -14,8 +14,12 @@ from aiokafka.errors import TopicAlreadyExistsError
 from shared.events import (
     CampaignEvent,
     CustomerRevenueRecorded,
+    DealAccepted,
     DealCreated,
+    DealDetailsChanged,
     DealLost,
+    DealObjectionsRecorded,
+    DealRejected,
     DealStageChanged,
     DealWon,
     EventData,
@@ -63,7 +67,17 @@ DEAL_EVENTS = Topic(
     "embudo.sales.deal-events.v1",
     keyed_by="lead_id (a customer's deals and revenue stay in order)",
     partitions=6,
-    event_types=(DealCreated, DealStageChanged, DealWon, DealLost, CustomerRevenueRecorded),
+    event_types=(
+        DealCreated,
+        DealDetailsChanged,
+        DealAccepted,
+        DealRejected,
+        DealObjectionsRecorded,
+        DealStageChanged,
+        DealWon,
+        DealLost,
+        CustomerRevenueRecorded,
+    ),
 )
 
 

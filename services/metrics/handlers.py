@@ -18,12 +18,17 @@ from shared.consumer import Handlers
 from shared.events import (
     CampaignEvent,
     CustomerRevenueRecorded,
+    DealAccepted,
     DealCreated,
+    DealDetailsChanged,
     DealEventData,
     DealLost,
+    DealObjectionsRecorded,
+    DealRejected,
     DealStageChanged,
     DealWon,
     Envelope,
+    EventData,
     LeadCreated,
     LeadStageChanged,
     LeadTouched,
@@ -170,3 +175,6 @@ HANDLERS: Handlers = {
     DealLost: on_deal_lost,
     CustomerRevenueRecorded: on_revenue_recorded,
 }
+
+# On the consumed topics, but not (yet) part of any KPI.
+IGNORED: tuple[type[EventData], ...] = (DealDetailsChanged, DealAccepted, DealRejected, DealObjectionsRecorded)

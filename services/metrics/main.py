@@ -13,7 +13,7 @@ from shared.app import ServiceSpec, create_app
 from shared.topics import CAMPAIGN_EVENTS, DEAL_EVENTS, LEAD_EVENTS, PAGE_VIEWS
 
 from .api import install_dashboard, router
-from .handlers import HANDLERS
+from .handlers import HANDLERS, IGNORED
 from .settings import MetricsSettings
 
 
@@ -28,6 +28,7 @@ def build_app(settings: MetricsSettings | None = None) -> FastAPI:
             migrations=Path(__file__).parent / "migrations",
             consumes=[PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS],
             handlers=HANDLERS,
+            ignores=IGNORED,
             extra_routes=lambda app: install_dashboard(app, settings),
         )
     )

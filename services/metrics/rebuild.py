@@ -47,7 +47,7 @@ from shared.topics import EVENT_TOPICS, Topic, dead_letter_topic, ensure_topics
 
 from . import store
 from .domain import Filters, Period, RawAggregates, kpis
-from .handlers import HANDLERS
+from .handlers import HANDLERS, IGNORED
 from .settings import MetricsSettings
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Replayer:
             group=REBUILD_GROUP,
             topics=topics,
             handlers={t: h for t, h in HANDLERS.items() if any(t in topic.event_types for topic in topics)},
+            ignores=IGNORED,
             pool=self.pool,
             producer=self.producer,
             bootstrap_servers=self.settings.kafka_bootstrap_servers,

@@ -8,6 +8,7 @@ import pytest
 from services.leads.handlers import build_handlers as leads_handlers
 from services.leads.settings import DEFAULT_SCORING_CONFIG, load_scoring_rules
 from services.metrics.handlers import HANDLERS as METRICS_HANDLERS
+from services.metrics.handlers import IGNORED as METRICS_IGNORED
 from services.sales.handlers import build_handlers as sales_handlers
 from shared.consumer import HandlerMismatch, check_handlers, declared_types
 from shared.events import DealWon, Envelope, FormSubmission, LeadCreated, LeadStageChanged, LeadTouched
@@ -33,7 +34,7 @@ def test_the_four_services_handlers_fit_their_topics():
     rules = load_scoring_rules(DEFAULT_SCORING_CONFIG)
     check_handlers([FORM_SUBMISSIONS, PAGE_VIEWS], leads_handlers(rules, None), ())
     check_handlers([LEAD_EVENTS], sales_handlers("EUR"), ())
-    check_handlers([PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS], METRICS_HANDLERS, ())
+    check_handlers([PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS], METRICS_HANDLERS, METRICS_IGNORED)
 
 
 def test_a_handler_for_a_type_no_consumed_topic_carries_is_refused():

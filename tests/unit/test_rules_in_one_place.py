@@ -106,7 +106,7 @@ def test_the_check_finds_a_copy():
     # The scanner itself must see what it is meant to refuse.
     copy = ast.parse(
         'Stage = Literal["qualification", "proposal", "negotiation"]\n'
-        "CLOSED = ('won', 'lost')\n"
+        "CLOSED = ('won', 'lost', 'rejected')\n"
         "def check_currency(value): ...\n"
         "clock_skew_seconds = 60\n"
     )
