@@ -333,7 +333,35 @@ def _add(path: str, route_type: str | None, summary: str) -> None:
 
 _add("/batch", None, "A batch of Segment messages")
 _add("/b", None, "A batch of Segment messages (analytics.js's short path)")
-for _name in MESSAGE_TYPES:
-    _add(f"/{_name}", _name, f"One Segment {_name} message")
-for _short, _name in SHORT_PATHS.items():
-    _add(f"/{_short}", _name, f"One Segment {_name} message (analytics.js's short path)")
+
+# One operation for the single-message paths (the long names and analytics.js's letters):
+# they differ only in the type they imply.
+MESSAGE_PATHS = {**{name: name for name in MESSAGE_TYPES}, **SHORT_PATHS}
+MESSAGE_PATH_PARAMETER = {
+    "name": "message_path",
+    "in": "path",
+    "required": True,
+    "description": "The message's type, or analytics.js's letter for it (t p i s g a)",
+    "schema": {"type": "string", "enum": list(MESSAGE_PATHS)},
+}
+
+
+@router.post(
+    "/{message_path}",
+    name="segment_message",
+    operation_id="segment_message",
+    summary="One Segment message: /identify, /track, /page, /screen, /group, /alias, or /i /t /p /s /g /a",
+    description=DESCRIPTION,
+    responses={**RESPONSES, **problems(404)},
+    dependencies=Documented,
+    openapi_extra=_request_body(MESSAGE) | {"parameters": [MESSAGE_PATH_PARAMETER]},
+    response_class=JSONResponse,
+)
+async def post_message(request: Request, settings: Settings, producer: Producer, limiter: Limiter) -> JSONResponse:
+    # Read from the path, not declared as a parameter: a string that cannot fail to parse
+    # would still earn the document FastAPI's 422. The document declares it by hand.
+    message_path = request.path_params["message_path"]
+    route_type = MESSAGE_PATHS.get(message_path)
+    if route_type is None:
+        raise refusal(404, "not_found", f"No such path; the message paths are {', '.join(MESSAGE_PATHS)} and batch.")
+    return await receive(request, route_type, settings, producer, limiter)

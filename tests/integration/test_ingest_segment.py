@@ -357,3 +357,7 @@ async def test_the_batchs_sent_at_corrects_every_messages_clock(client, page_vie
     [event] = events_of(await page_views.read_until(lambda r: len(r) >= 1))
     # Received between `before` and `after`, so it happened 10 s before some moment in there.
     assert before - timedelta(seconds=10) <= event.occurred_at <= after - timedelta(seconds=10)
+
+
+async def test_an_unknown_message_path_is_404(client):
+    assert_refused(await post(client, "purchase", {"userId": "u1"}), 404, "not_found")
