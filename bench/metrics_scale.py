@@ -3,7 +3,9 @@
 Builds a database of its own (`embudo_bench_metrics_…`) the way an existing deployment
 would have it: the first migration, a year of facts bulk-loaded with COPY (50 campaigns over
 6 channels, ~5M campaign events — ad platforms may post one per click — 500k leads, 50k
-deals, 20k revenue records), then the later migrations on top (timed: they may backfill).
+deals, 20k revenue records), then the later migrations on top (timed: they may backfill),
+then a year of visits as the projector would have written them (5M page views in 2M
+sessions of 1.3M visitors, 70 % of the leads linked to a visitor, some to two).
 Then times what each dashboard request runs (`store.kpi_aggregates`, `store.lost_feedback`
 in a read-only repeatable-read transaction, as the API does), median of a few runs, with the
 time per SQL statement; `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of each statement.
@@ -26,7 +28,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -55,6 +57,11 @@ class Scale:
     leads: int = 500_000
     deals: int = 50_000
     revenue: int = 20_000
+    sessions: int = 2_000_000  # ~2.5 page views each
+
+
+def _visit_lengths(rng: random.Random) -> int:
+    return 1 + min(int(rng.expovariate(1 / 1.5)), 40)
 
 
 # --- the dataset ------------------------------------------------------------------------
@@ -156,6 +163,63 @@ async def load_funnel(conn: asyncpg.Connection, rng: random.Random, start: datet
         "revenue_id", "lead_id", "amount", "currency", "kind", "occurred_at"))  # fmt: skip
 
 
+async def load_visits(conn: asyncpg.Connection, rng: random.Random, start: datetime, scale: Scale) -> None:
+    """Sessions as the projector splits them: a returning visitor comes back 30 minutes or more
+    after its last page view; 45 % of sessions land with a campaign's UTM, the other page views
+    carry none. Then links: 70 % of the leads to a visitor of their creation day, 10 % to a
+    second one (another device), and the sessions of linked visitors marked as such."""
+    weights = [1 / (i + 1) ** 0.8 for i in range(len(CAMPAIGNS))]
+    day_weights = _day_weights(scale.days, rng)
+    total_weight = sum(day_weights)
+    last_seen: list[datetime] = []  # per visitor number - 1: its latest page view
+    by_day: list[list[int]] = []
+    views, sessions = [], []
+    view_columns = ("visitor", "occurred_at", "event_id", "campaign_id", "channel", "session_campaign_id",
+                    "session_channel")  # fmt: skip
+    session_columns = ("visitor", "started_at", "event_id", "campaign_id", "channel", "linked")
+    for d, weight in enumerate(day_weights):
+        today: list[int] = []
+        for moment in _times_in_day(rng, start + timedelta(days=d), round(scale.sessions * weight / total_weight)):
+            visitor = rng.randrange(len(last_seen)) + 1 if last_seen and rng.random() < 0.35 else 0
+            if not visitor or moment - last_seen[visitor - 1] < timedelta(minutes=31):
+                last_seen.append(moment)
+                visitor = len(last_seen)
+            today.append(visitor)
+            campaign_id, channel = rng.choices(CAMPAIGNS, weights)[0] if rng.random() < 0.45 else (None, None)
+            landing = _uuid(rng)
+            sessions.append((visitor, moment, landing, campaign_id, channel, False))
+            views.append((visitor, moment, landing, campaign_id, channel, campaign_id, channel))
+            for _ in range(_visit_lengths(rng) - 1):
+                moment += timedelta(seconds=rng.uniform(10, 600))
+                views.append((visitor, moment, _uuid(rng), None, None, campaign_id, channel))
+            last_seen[visitor - 1] = moment
+        by_day.append(today)
+        if len(views) >= 200_000:
+            await conn.copy_records_to_table("page_views", records=views, columns=view_columns)
+            await conn.copy_records_to_table("sessions", records=sessions, columns=session_columns)
+            views.clear()
+            sessions.clear()
+    await conn.copy_records_to_table("page_views", records=views, columns=view_columns)
+    await conn.copy_records_to_table("sessions", records=sessions, columns=session_columns)
+    await conn.copy_records_to_table("visitors", columns=("anonymous_id", "visitor"),
+                                     records=((str(_uuid(rng)), n) for n in range(1, len(last_seen) + 1)))  # fmt: skip
+    await conn.execute("SELECT setval(pg_get_serial_sequence('visitors', 'visitor'), max(visitor)) FROM visitors")
+    links = []
+    for lead_id, created_at in await conn.fetch("SELECT lead_id, created_at FROM leads"):
+        day = min(max((created_at - start).days, 0), len(by_day) - 1)
+        if by_day[day] and rng.random() < 0.7:
+            links.append((rng.choice(by_day[day]), lead_id))
+            if rng.random() < 0.1:
+                links.append((rng.randrange(len(last_seen)) + 1, lead_id))
+    await conn.copy_records_to_table("visitor_leads", records=set(links), columns=("visitor", "lead_id"))
+    await conn.execute("""
+        UPDATE visitors SET linked = true WHERE visitor IN (SELECT visitor FROM visitor_leads);
+        UPDATE sessions SET linked = true WHERE visitor IN (SELECT visitor FROM visitor_leads);
+        INSERT INTO page_view_hourly (hour, campaign_id, channel, page_views)
+        SELECT date_trunc('hour', occurred_at, 'UTC'), session_campaign_id, session_channel, count(*)
+        FROM page_views GROUP BY 1, 2, 3""")
+
+
 async def build(pool: asyncpg.Pool, end: datetime, scale: Scale, seed: int) -> dict[str, float]:
     """First migration, bulk load, then the rest of the migrations (as on an existing database)."""
     timings: dict[str, float] = {}
@@ -175,6 +239,9 @@ async def build(pool: asyncpg.Pool, end: datetime, scale: Scale, seed: int) -> d
         applied = await apply_migrations(pool, MIGRATIONS)
         timings["migrations"] = time.perf_counter() - began
         print(f"  migrations applied after the load: {applied or 'none'} ({timings['migrations']:.1f} s)")
+        began = time.perf_counter()
+        await load_visits(conn, rng, start, scale)
+        timings["visits"] = time.perf_counter() - began
         began = time.perf_counter()
         await conn.execute("VACUUM ANALYZE")  # what autovacuum would have done on a live database
         timings["vacuum"] = time.perf_counter() - began
@@ -251,7 +318,8 @@ class TimedConnection:
 
 
 # A name for each statement, from a phrase only it contains (the first that matches).
-_LABELS = (("impressions", "campaign"), ("count(*) AS leads", "cohort"), ("deals_won", "won"), ("deals_lost", "lost"),
+_LABELS = (("page_view_hourly", "page_views"), ("visitors_who_became_leads", "visitors"), ("impressions", "campaign"),
+           ("count(*) AS leads", "cohort"), ("deals_won", "won"), ("deals_lost", "lost"),
            ("recorded_revenue", "recorded"), ("new_customers", "new_customers"), ("is_reason", "feedback"),
            ("lost_reason AS value", "reasons"), ("unnest(d.objections)", "objections"))  # fmt: skip
 
@@ -353,6 +421,96 @@ async def recount(pool: asyncpg.Pool, now: datetime, samples: int = 6) -> None:
     print(f"  recount: {samples} random periods, campaign numbers equal the raw facts")
 
 
+_RAW_VISITS = """
+WITH s AS (SELECT * FROM sessions WHERE started_at >= $1 AND started_at < $2)
+SELECT (SELECT count(*) FROM page_views WHERE occurred_at >= $1 AND occurred_at < $2) AS page_views,
+       (SELECT count(*) FROM s) AS sessions,
+       (SELECT count(DISTINCT coalesce('lead ' || vl.lead_id, 'visitor ' || s.visitor))
+        FROM s LEFT JOIN visitor_leads vl USING (visitor)) AS visitors,
+       (SELECT count(DISTINCT l.lead_id) FROM s JOIN visitor_leads vl USING (visitor) JOIN leads l USING (lead_id)
+        WHERE l.created_at >= $1 AND l.created_at < $2) AS visitors_who_became_leads"""
+
+
+async def recount_visits(pool: asyncpg.Pool, now: datetime, samples: int = 4) -> None:
+    """Random periods: the served page views (rollup + cut hours), sessions and visitors equal
+    a plain count over the page views, sessions and links."""
+    rng = random.Random(13)
+    async with pool.acquire() as conn:
+        for _ in range(samples):
+            start = now - timedelta(seconds=rng.uniform(0, 300 * 86400))
+            end = start + timedelta(seconds=rng.uniform(1, 30 * 86400))
+            raw = await conn.fetchrow(_RAW_VISITS, start, end)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                groups = await store.kpi_aggregates(conn, [Period(start, end)], Filters(), "first_touch", CURRENCY)
+            served = groups.get((0, None))
+            got = tuple(getattr(served, name, 0) for name in raw.keys())
+            if got != tuple(raw.values()):
+                raise AssertionError(f"{start}..{end}: served {got}, raw {tuple(raw.values())}")
+    print(f"  recount: {samples} random periods, page views, sessions and visitors equal a plain count")
+
+
+# The alternative to keeping sessions: split the period's page views at query time (with the
+# rules of _SESSIONIZE, a look-back of a day for the sessions the period's start cuts) and
+# count sessions and visitors. Timed for comparison only.
+_SESSIONS_AT_QUERY_TIME = """
+WITH v AS (
+    SELECT visitor, occurred_at, event_id, campaign_id,
+           CASE WHEN lag(occurred_at) OVER w IS NULL OR occurred_at - lag(occurred_at) OVER w >= interval '30 minutes'
+                THEN 1 ELSE 0 END AS visit_starts
+    FROM page_views WHERE occurred_at >= $1::timestamptz - interval '1 day' AND occurred_at < $2
+    WINDOW w AS (PARTITION BY visitor ORDER BY occurred_at, event_id)
+), g AS (
+    SELECT *, sum(visit_starts) OVER (PARTITION BY visitor ORDER BY occurred_at, event_id) AS visit FROM v
+), c AS (
+    SELECT *, count(campaign_id) OVER (PARTITION BY visitor, visit ORDER BY occurred_at, event_id) AS n FROM g
+), l AS (
+    SELECT *, max(campaign_id) OVER (PARTITION BY visitor, visit, n) AS latest FROM c
+), s AS (
+    SELECT *, visit_starts = 1 OR (campaign_id IS NOT NULL AND campaign_id IS DISTINCT FROM
+              lag(latest) OVER (PARTITION BY visitor, visit ORDER BY occurred_at, event_id)) AS starts
+    FROM l
+)
+SELECT count(*) AS sessions, count(DISTINCT visitor) AS visitors FROM s WHERE starts AND occurred_at >= $1"""
+
+
+async def sessions_at_query_time(pool: asyncpg.Pool, now: datetime, runs: int = 3) -> float:
+    period = resolve_period(None, None, now)
+    async with pool.acquire() as conn:
+        await conn.fetch(_SESSIONS_AT_QUERY_TIME, period.start, period.end)
+        timings = []
+        for _ in range(runs):
+            began = time.perf_counter()
+            await conn.fetch(_SESSIONS_AT_QUERY_TIME, period.start, period.end)
+            timings.append(time.perf_counter() - began)
+    return statistics.median(timings) * 1000
+
+
+async def page_view_write_cost(pool: asyncpg.Pool, now: datetime, batches: int = 40, size: int = 500,
+                               late: timedelta = timedelta(0)) -> float:  # fmt: skip
+    """Page views/s through `store.write_batch` (rolled back): a third from visitors seen before,
+    the rest new ones; `late`: that long before now (re-splitting the returning visitors' later
+    page views)."""
+    rng = random.Random(17)
+    known = [r["anonymous_id"] for r in await pool.fetch("SELECT anonymous_id FROM visitors TABLESAMPLE SYSTEM (1)")]
+    elapsed = 0.0
+    for _ in range(batches):
+        batch = store.ProjectionBatch()
+        for _ in range(size):
+            anonymous_id = rng.choice(known) if rng.random() < 0.33 else str(uuid.uuid4())
+            campaign_id, channel = rng.choice(CAMPAIGNS) if rng.random() < 0.3 else (None, None)
+            moment = now - late - timedelta(seconds=rng.uniform(0, 60))
+            batch.page_views.append(store.PageViewFacts(uuid.uuid4(), anonymous_id, moment, campaign_id, channel))
+            batch.applied(moment)
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            began = time.perf_counter()
+            await store.write_batch(conn, batch)
+            elapsed += time.perf_counter() - began
+            await transaction.rollback()
+    return batches * size / elapsed
+
+
 # --- main ------------------------------------------------------------------------------
 
 
@@ -374,7 +532,9 @@ async def main(args: argparse.Namespace) -> None:
                 await pool.execute("VACUUM ANALYZE")
         else:
             print(f"building {name}")
-            timings = await build(pool, min(end, now), Scale(), args.seed)
+            full = Scale()
+            scale = Scale(full.days, *(round(n * args.fraction) for n in astuple(full)[1:]))
+            timings = await build(pool, min(end, now), scale, args.seed)
             print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
         sizes = await pool.fetch(
             """SELECT relname, reltuples::bigint AS n, pg_size_pretty(pg_total_relation_size(oid)) AS size
@@ -386,7 +546,12 @@ async def main(args: argparse.Namespace) -> None:
         if args.results:
             await asyncio.to_thread(Path(args.results).write_text, json.dumps(results, indent=1))
         print(f"  projector: {await write_cost(pool, now):,.0f} campaign facts/s through write_batch")
+        print(f"  sessions split at query time instead, 30 days: {await sessions_at_query_time(pool, now):,.0f} ms")
+        print(f"  projector: {await page_view_write_cost(pool, now):,.0f} page views/s through write_batch")
+        late = await page_view_write_cost(pool, now, late=timedelta(days=30))
+        print(f"  projector: {late:,.0f} page views/s, 30 days late")
         await recount(pool, now)
+        await recount_visits(pool, now)
     finally:
         await pool.close()
         if not args.keep:
@@ -403,5 +568,6 @@ if __name__ == "__main__":
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS) per statement")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fraction", type=float, default=1.0, help="of the data set's sizes, for a quick try")
     parser.add_argument("--results", help="write the timings and answer digests to this JSON file")
     asyncio.run(main(parser.parse_args()))
