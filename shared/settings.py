@@ -59,10 +59,17 @@ class ServiceSettings(BaseSettings):
     api_tokens: CsvList = []
     # How far ahead of our clock a client's timestamp may be before it is "in the future".
     clock_skew_seconds: float = Field(default=CLOCK_SKEW.total_seconds(), ge=0)
+    # How long sales has to accept or reject a handoff (a deal opened by a lead reaching SQL)
+    # before it is overdue: the handoff SLA sales is measured on and metrics reports.
+    sla_accept_hours: float = Field(default=24, gt=0)
 
     @property
     def clock_skew(self) -> timedelta:
         return timedelta(seconds=self.clock_skew_seconds)
+
+    @property
+    def sla_accept(self) -> timedelta:
+        return timedelta(hours=self.sla_accept_hours)
 
     @property
     def keep_processed_for(self) -> timedelta | None:
