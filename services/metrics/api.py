@@ -102,6 +102,31 @@ class ConversionRates(BaseModel):
     lead_to_customer: Ratio
 
 
+class StageReached(BaseModel):
+    mql: Count
+    sql: Count
+    opportunity: Count
+    customer: Count
+
+
+class Sla(BaseModel):
+    handoffs: Count = Field(description="deals created in the period from a lead reaching SQL")
+    accepted: Count
+    rejected: Count
+    responded_within_sla: Count
+    breached: Count = Field(description="answered late, or still pending past the SLA as of now")
+    pending: Count
+    pending_overdue: Count
+    within_sla_rate: Ratio = Field(description="responded_within_sla / handoffs")
+    median_hours_to_response: float | None = Field(description="over the answered handoffs; 4 places")
+
+
+class Pipeline(BaseModel):
+    open_deals: Count = Field(description="at the end of the period, or now for a period that has not ended")
+    open_value: Money
+    weighted_value: Money = Field(description="Σ amount × the stage's probability")
+
+
 class Kpis(BaseModel):
     cac: Money | None
     conversion_rate: Ratio = Field(description="the headline: visitor → lead (= conversion_rates.visitor_to_lead)")
@@ -124,6 +149,11 @@ class Kpis(BaseModel):
     win_rate: Ratio
     new_customers: Count
     ltv_to_cac: Ratio
+    stage_reached: StageReached = Field(description="leads whose first arrival at the stage is in the period")
+    pipeline_created: Money = Field(description="amounts of the deals created in the period (not rejected)")
+    sla: Sla
+    pipeline: Pipeline
+    forecast: Money = Field(description="revenue so far + weighted value of open deals expected in the rest")
 
 
 class Question(BaseModel):
@@ -193,8 +223,28 @@ def answers(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def period_of(from_: str | None, to: str | None) -> Period:
-    return resolve_period(from_, to, utcnow())
+async def current_time() -> datetime:
+    """Now, to the minute: the now-dependent numbers of an answer (pending and overdue
+    handoffs, the open pipeline, goal progress) are computed for it, so one ETag names one
+    body for a whole minute. Tests override this dependency to fix the clock."""
+    return utcnow().replace(second=0, microsecond=0)
+
+
+Now = Annotated[datetime, Depends(current_time)]
+
+
+def clock_of(now: datetime, settings: MetricsSettings) -> service.Clock:
+    return service.Clock(now, settings.sla_accept)
+
+
+def time_key(clock: service.Clock, end: datetime) -> datetime | None:
+    """The part of an ETag the clock contributes: now, until a period's numbers no longer
+    depend on it (ended, and every handoff in it past its SLA)."""
+    return clock.now if clock.now < end + clock.sla else None
+
+
+def period_of(from_: str | None, to: str | None, now: datetime) -> Period:
+    return resolve_period(from_, to, now)
 
 
 async def conditional_get(
@@ -216,58 +266,61 @@ async def conditional_get(
 
 @router.get("/kpis", responses=answers(KpiReport))
 async def get_kpis(
-    request: Request, pool: DbPool, settings: Settings, from_: From = None, to: To = None,
+    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None,
     campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """Every KPI for one period (docs/kpis.md has the definitions)."""
-    period, filters = period_of(from_, to), Filters(campaign_id, channel)
+    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
-        return await service.kpi_report(conn, state, period, filters, attribution, settings.currency)
+        return await service.kpi_report(conn, state, period, filters, attribution, settings.currency, clock)
 
-    return await conditional_get(request, pool, (period, filters, attribution), compute)
+    return await conditional_get(request, pool, (period, filters, attribution, time_key(clock, period.end)), compute)
 
 
 @router.get("/kpis/timeseries", responses=answers(Timeseries))
 async def get_timeseries(
-    request: Request, pool: DbPool, settings: Settings, from_: From = None, to: To = None,
+    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None,
     interval: Interval = "day", campaign_id: CampaignId = None, channel: Channel = None,
     attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """One KPI object per bucket: `from` + n intervals, the last bucket ending at `to`."""
-    period, filters = period_of(from_, to), Filters(campaign_id, channel)
+    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
     buckets = bucket_periods(period, interval, settings.max_timeseries_buckets)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
         return await service.timeseries_report(
-            conn, state, period, buckets, interval, filters, attribution, settings.currency
+            conn, state, period, buckets, interval, filters, attribution, settings.currency, clock
         )
 
-    return await conditional_get(request, pool, (period, interval, filters, attribution), compute)
+    key = (period, interval, filters, attribution, time_key(clock, period.end))
+    return await conditional_get(request, pool, key, compute)
 
 
 @router.get("/kpis/breakdown", responses=answers(Breakdown))
 async def get_breakdown(
-    request: Request, pool: DbPool, settings: Settings, by: Annotated[BreakdownBy, Query()], from_: From = None,
-    to: To = None, campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
+    request: Request, pool: DbPool, settings: Settings, now: Now, by: Annotated[BreakdownBy, Query()],
+    from_: From = None, to: To = None, campaign_id: CampaignId = None, channel: Channel = None,
+    attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """One row of KPIs per campaign or channel; leads without one (unattributed) under null."""
-    period, filters = period_of(from_, to), Filters(campaign_id, channel)
+    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
-        return await service.breakdown_report(conn, state, period, by, filters, attribution, settings.currency)
+        return await service.breakdown_report(conn, state, period, by, filters, attribution, settings.currency, clock)
 
-    return await conditional_get(request, pool, (period, by, filters, attribution), compute)
+    key = (period, by, filters, attribution, time_key(clock, period.end))
+    return await conditional_get(request, pool, key, compute)
 
 
 @router.get("/feedback", responses=answers(Feedback))
 async def get_feedback(
-    request: Request, pool: DbPool, from_: From = None, to: To = None, campaign_id: CampaignId = None,
+    request: Request, pool: DbPool, now: Now, from_: From = None, to: To = None, campaign_id: CampaignId = None,
     channel: Channel = None, attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """What sales tells marketing: the lost reasons and objections of the deals lost in the
     period, in total and by campaign."""
-    period, filters = period_of(from_, to), Filters(campaign_id, channel)
+    period, filters = period_of(from_, to, now), Filters(campaign_id, channel)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
         return await service.feedback_report(conn, state, period, filters, attribution)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from shared.errors import InvalidField
 from shared.events import is_rfc3339
+from shared.settings import ServiceSettings
 
 AttributionModel = Literal["first_touch", "last_touch"]
 Interval = Literal["day", "week", "month"]
@@ -21,6 +22,8 @@ BreakdownBy = Literal["campaign", "channel"]
 DEFAULT_PERIOD = timedelta(days=30)
 # A visitor's page views this far apart or more are two sessions (store.py splits them).
 SESSION_TIMEOUT = timedelta(minutes=30)
+# The handoff SLA when none is given (EMBUDO_SLA_ACCEPT_HOURS's default).
+DEFAULT_SLA = timedelta(hours=ServiceSettings.model_fields["sla_accept_hours"].default)
 
 
 class InvalidQuery(InvalidField):
@@ -144,6 +147,22 @@ class RawAggregates:
     new_customers_lifetime_revenue: Decimal = Decimal(0)
     sales_cycle_average: float | None = None
     sales_cycle_median: float | None = None
+    reached_mql: int = 0  # first arrivals at the stage in the period
+    reached_sql: int = 0
+    reached_opportunity: int = 0
+    pipeline_created: Decimal = Decimal(0)
+    handoffs: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    responded_within_sla: int = 0
+    breached: int = 0
+    pending: int = 0
+    pending_overdue: int = 0
+    response_hours_median: float | None = None
+    open_deals: int = 0  # at the end of the period (or now)
+    open_value: Decimal = Decimal(0)
+    weighted_value: Decimal = Decimal(0)
+    forecast_open: Decimal = Decimal(0)  # weighted value of open deals expected to close in the rest of it
 
 
 FOUR_PLACES = Decimal("0.0001")
@@ -212,6 +231,30 @@ def kpis(raw: RawAggregates) -> dict[str, Any]:
         # ltv / cac = (lifetime revenue / n) / (spend / n): computed unrounded; null when
         # either is null or cac is 0 (no spend).
         "ltv_to_cac": ratio(raw.new_customers_lifetime_revenue, raw.spend) if raw.new_customers else None,
+        "stage_reached": {
+            "mql": raw.reached_mql,
+            "sql": raw.reached_sql,
+            "opportunity": raw.reached_opportunity,
+            "customer": raw.new_customers,  # a customer's first arrival is its first win
+        },
+        "pipeline_created": money(raw.pipeline_created),
+        "sla": {
+            "handoffs": raw.handoffs,
+            "accepted": raw.accepted,
+            "rejected": raw.rejected,
+            "responded_within_sla": raw.responded_within_sla,
+            "breached": raw.breached,
+            "pending": raw.pending,
+            "pending_overdue": raw.pending_overdue,
+            "within_sla_rate": ratio(raw.responded_within_sla, raw.handoffs),
+            "median_hours_to_response": rounded(raw.response_hours_median),
+        },
+        "pipeline": {
+            "open_deals": raw.open_deals,
+            "open_value": money(raw.open_value),
+            "weighted_value": money(raw.weighted_value),
+        },
+        "forecast": money(revenue + raw.forecast_open),
     }
 
 

@@ -79,13 +79,17 @@ def comparison_periods(now: datetime) -> dict[str, Period]:
     }
 
 
-async def kpis_of(conn: asyncpg.Connection, periods: dict[str, Period], currency: str) -> dict[str, dict]:
-    """The KPIs of each period, as the API computes them (first-touch attribution), in a
-    transaction of their own or a savepoint of the caller's."""
+async def kpis_of(
+    conn: asyncpg.Connection, periods: dict[str, Period], settings: MetricsSettings, now: datetime
+) -> dict[str, dict]:
+    """The KPIs of each period as of `now`, as the API computes them (first-touch
+    attribution), in a transaction of their own or a savepoint of the caller's."""
     async with conn.transaction(isolation=None if conn.is_in_transaction() else "repeatable_read"):
         report = {}
         for name, period in periods.items():
-            groups = await store.kpi_aggregates(conn, [period], Filters(), "first_touch", currency)
+            groups = await store.kpi_aggregates(
+                conn, [period], Filters(), "first_touch", settings.currency, now=now, sla=settings.sla_accept
+            )
             report[name] = kpis(groups.get((0, None), RawAggregates()))
         return report
 
@@ -241,15 +245,15 @@ async def rebuild(settings: MetricsSettings, now: datetime | None = None) -> Out
             targets = await live_positions(live, settings, partitions)
             replayed += await replayer.replay_to(targets)
             async with pool.acquire() as rebuilt:
-                after = await kpis_of(rebuilt, periods, settings.currency)
-            before = await kpis_of(live, periods, settings.currency)
+                after = await kpis_of(rebuilt, periods, settings, now)
+            before = await kpis_of(live, periods, settings, now)
             if before != after:
                 raise _Mismatch(before, after, replayed)
             replaced = f"metrics_replaced_{now:%Y%m%d%H%M%S}"
             await live.execute(SWITCH_GUARD)
             await live.execute(f"ALTER SCHEMA public RENAME TO {replaced}")
             await live.execute(f"ALTER SCHEMA {REBUILD_SCHEMA} RENAME TO public")
-        after_switch = await kpis_of(live, periods, settings.currency)
+        after_switch = await kpis_of(live, periods, settings, now)
         return Outcome(True, before, after_switch, replaced, replayed)
     except _Mismatch as mismatch:
         return Outcome(False, mismatch.before, mismatch.after, None, mismatch.replayed)

@@ -5,13 +5,23 @@ written by the event handlers (services/metrics/handlers.py)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from . import store
 from .domain import AttributionModel, BreakdownBy, Filters, Interval, Period, RawAggregates, kpis
+
+
+@dataclass(frozen=True)
+class Clock:
+    """What a report's now-dependent numbers are computed against: pending and overdue
+    handoffs, the open pipeline, the rest of a period, a goal's elapsed share."""
+
+    now: datetime
+    sla: timedelta
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -35,17 +45,21 @@ def kpi_object(period: Period, filters: Filters, attribution: str, currency: str
 
 async def kpi_report(
     conn: asyncpg.Connection, state: store.ProjectionState, period: Period, filters: Filters,
-    attribution: AttributionModel, currency: str,
+    attribution: AttributionModel, currency: str, clock: Clock,
 ) -> dict[str, Any]:  # fmt: skip
-    groups = await store.kpi_aggregates(conn, [period], filters, attribution, currency)
+    groups = await store.kpi_aggregates(conn, [period], filters, attribution, currency, now=clock.now, sla=clock.sla)
     return kpi_object(period, filters, attribution, currency, groups.get((0, None), RawAggregates()), state.as_of)
 
 
 async def timeseries_report(
     conn: asyncpg.Connection, state: store.ProjectionState, period: Period, buckets: list[Period],
-    interval: Interval, filters: Filters, attribution: AttributionModel, currency: str,
+    interval: Interval, filters: Filters, attribution: AttributionModel, currency: str, clock: Clock,
 ) -> dict[str, Any]:  # fmt: skip
-    groups = await store.kpi_aggregates(conn, buckets, filters, attribution, currency) if buckets else {}
+    groups = (
+        await store.kpi_aggregates(conn, buckets, filters, attribution, currency, now=clock.now, sla=clock.sla)
+        if buckets
+        else {}
+    )
     return {
         **header(period, filters, attribution, currency),
         "interval": interval,
@@ -59,10 +73,12 @@ async def timeseries_report(
 
 async def breakdown_report(
     conn: asyncpg.Connection, state: store.ProjectionState, period: Period, by: BreakdownBy, filters: Filters,
-    attribution: AttributionModel, currency: str,
+    attribution: AttributionModel, currency: str, clock: Clock,
 ) -> dict[str, Any]:  # fmt: skip
     key = "campaign_id" if by == "campaign" else "channel"
-    groups = await store.kpi_aggregates(conn, [period], filters, attribution, currency, by=by)
+    groups = await store.kpi_aggregates(
+        conn, [period], filters, attribution, currency, by=by, now=clock.now, sla=clock.sla
+    )
     values = sorted((value for _, value in groups), key=lambda v: (v is None, v or ""))
     return {
         **header(period, filters, attribution, currency),

@@ -8,7 +8,9 @@ statement, by a trigger (migrations/002_campaign_hourly.sql). Page views are spl
 sessions as they are written (`_SESSIONIZE`), visitor by visitor under the visitor's row lock.
 Merges are order-independent (the same rules inside a batch and against stored rows):
 created_at and first touch keep the earliest, last touch the latest, stage ranks and deal
-flags only go up, a deal keeps its earliest win and earliest loss.
+flags only go up, a lead keeps the earliest arrival at each stage, a deal keeps its earliest
+win, loss, acceptance and rejection; a deal's values over time, its objections and the
+disqualifications are insert-only sets; a lead's opportunity is recomputed from its deals.
 """
 
 from __future__ import annotations
@@ -18,16 +20,25 @@ import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 
 from shared.events import Attribution
 
-from .domain import SESSION_TIMEOUT, AttributionModel, BreakdownBy, Filters, Period, RawAggregates, cut_hours
+from .domain import (
+    DEFAULT_SLA,
+    SESSION_TIMEOUT,
+    AttributionModel,
+    BreakdownBy,
+    Filters,
+    Period,
+    RawAggregates,
+    cut_hours,
+)
 
 # --- writes ---------------------------------------------------------------------------
 
@@ -42,6 +53,8 @@ class LeadFacts:
     stage_rank: int = 0
     has_deal: bool = False
     first_won_at: datetime | None = None
+    mql_at: datetime | None = None  # it reached mql (or further) then
+    sql_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,40 @@ class DealFacts:
     lost_at: datetime | None = None
     lost_reason: str | None = None
     objections: Sequence[str] | None = None
+    handoff: bool = False
+    accepted_at: datetime | None = None
+    rejected_at: datetime | None = None
+    rejection_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DealValueFacts:
+    """A deal's values from `at` on: `details` (amount, currency, expected close date) or
+    `stage` (its stage's probability)."""
+
+    deal_id: uuid.UUID
+    kind: str
+    at: datetime
+    event_id: uuid.UUID
+    amount: Decimal | None = None
+    currency: str | None = None
+    expected_close_date: date | None = None
+    probability: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class ObjectionFacts:
+    deal_id: uuid.UUID
+    key: str
+    text: str
+
+
+@dataclass(frozen=True)
+class DisqualificationFacts:
+    event_id: uuid.UUID
+    lead_id: uuid.UUID
+    occurred_at: datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +153,9 @@ class ProjectionBatch:
     campaign: list[CampaignFacts] = field(default_factory=list)
     page_views: list[PageViewFacts] = field(default_factory=list)
     links: list[VisitorLink] = field(default_factory=list)
+    deal_values: list[DealValueFacts] = field(default_factory=list)
+    objections: list[ObjectionFacts] = field(default_factory=list)
+    disqualifications: list[DisqualificationFacts] = field(default_factory=list)
     events: int = 0
     as_of: datetime | None = None
 
@@ -137,9 +187,9 @@ _UPSERT_LEADS = f"""
 WITH incoming AS (
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::timestamptz[],
                          $6::text[], $7::text[], $8::timestamptz[], $9::smallint[], $10::bool[],
-                         $11::timestamptz[])
+                         $11::timestamptz[], $12::timestamptz[], $13::timestamptz[])
         AS t(lead_id, created_at, first_campaign_id, first_channel, first_touch_at,
-             last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at)
+             last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at, mql_at, sql_at)
 ), merged AS (
     SELECT lead_id, min(created_at) AS created_at,
            (array_agg(first_campaign_id ORDER BY {_FIRST_ORDER}))[1] AS first_campaign_id,
@@ -148,11 +198,13 @@ WITH incoming AS (
            (array_agg(last_campaign_id ORDER BY {_LAST_ORDER}))[1] AS last_campaign_id,
            (array_agg(last_channel ORDER BY {_LAST_ORDER}))[1] AS last_channel,
            max(last_touch_at) AS last_touch_at,
-           max(stage_rank) AS stage_rank, bool_or(has_deal) AS has_deal, min(first_won_at) AS first_won_at
+           max(stage_rank) AS stage_rank, bool_or(has_deal) AS has_deal, min(first_won_at) AS first_won_at,
+           min(mql_at) AS mql_at, min(sql_at) AS sql_at
     FROM incoming GROUP BY lead_id
 )
 INSERT INTO leads AS l (lead_id, created_at, first_campaign_id, first_channel, first_touch_at,
-                        last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at)
+                        last_campaign_id, last_channel, last_touch_at, stage_rank, has_deal, first_won_at,
+                        mql_at, sql_at)
 SELECT * FROM merged
 ON CONFLICT (lead_id) DO UPDATE SET
     created_at = LEAST(l.created_at, EXCLUDED.created_at),
@@ -165,13 +217,17 @@ ON CONFLICT (lead_id) DO UPDATE SET
     last_touch_at = GREATEST(l.last_touch_at, EXCLUDED.last_touch_at),
     stage_rank = GREATEST(l.stage_rank, EXCLUDED.stage_rank),
     has_deal = l.has_deal OR EXCLUDED.has_deal,
-    first_won_at = LEAST(l.first_won_at, EXCLUDED.first_won_at)"""
+    first_won_at = LEAST(l.first_won_at, EXCLUDED.first_won_at),
+    mql_at = LEAST(l.mql_at, EXCLUDED.mql_at),
+    sql_at = LEAST(l.sql_at, EXCLUDED.sql_at)"""
 
 _UPSERT_DEALS = """
 WITH incoming AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::numeric[],
-                         $6::text[], $7::timestamptz[], $8::text[], $9::jsonb[])
-        AS t(deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason, objections)
+                         $6::text[], $7::timestamptz[], $8::text[], $9::jsonb[], $10::bool[], $11::timestamptz[],
+                         $12::timestamptz[], $13::text[])
+        AS t(deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason, objections,
+             handoff, accepted_at, rejected_at, rejection_reason)
 ), merged AS (
     SELECT deal_id, (array_agg(lead_id))[1] AS lead_id, min(created_at) AS created_at,
            min(won_at) AS won_at,
@@ -181,13 +237,17 @@ WITH incoming AS (
            (array_agg(lost_reason ORDER BY lost_at, lost_reason) FILTER (WHERE lost_at IS NOT NULL))[1]
                AS lost_reason,
            (array_agg(objections ORDER BY lost_at, lost_reason) FILTER (WHERE lost_at IS NOT NULL))[1]
-               AS objections
+               AS objections,
+           bool_or(handoff) AS handoff, min(accepted_at) AS accepted_at, min(rejected_at) AS rejected_at,
+           (array_agg(rejection_reason ORDER BY rejected_at, rejection_reason)
+               FILTER (WHERE rejected_at IS NOT NULL))[1] AS rejection_reason
     FROM incoming GROUP BY deal_id
 )
 INSERT INTO deals AS d (deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason,
-                        objections)
+                        objections, handoff, accepted_at, rejected_at, rejection_reason)
 SELECT deal_id, lead_id, created_at, won_at, won_amount, currency, lost_at, lost_reason,
-       ARRAY(SELECT jsonb_array_elements_text(coalesce(objections, '[]')))
+       ARRAY(SELECT jsonb_array_elements_text(coalesce(objections, '[]'))),
+       handoff, accepted_at, rejected_at, rejection_reason
 FROM merged
 ON CONFLICT (deal_id) DO UPDATE SET
     created_at = LEAST(d.created_at, EXCLUDED.created_at),
@@ -200,7 +260,40 @@ ON CONFLICT (deal_id) DO UPDATE SET
                        THEN coalesce(EXCLUDED.lost_reason, d.lost_reason) ELSE d.lost_reason END,
     objections = CASE WHEN EXCLUDED.lost_at < d.lost_at OR (d.lost_at IS NULL AND EXCLUDED.lost_at IS NOT NULL)
                       THEN EXCLUDED.objections ELSE d.objections END,
-    lost_at = LEAST(d.lost_at, EXCLUDED.lost_at)"""
+    lost_at = LEAST(d.lost_at, EXCLUDED.lost_at),
+    handoff = d.handoff OR EXCLUDED.handoff,
+    accepted_at = LEAST(d.accepted_at, EXCLUDED.accepted_at),
+    rejection_reason = CASE WHEN (EXCLUDED.rejected_at, EXCLUDED.rejection_reason) < (d.rejected_at, d.rejection_reason)
+                                 OR d.rejected_at IS NULL
+                            THEN coalesce(EXCLUDED.rejection_reason, d.rejection_reason) ELSE d.rejection_reason END,
+    rejected_at = LEAST(d.rejected_at, EXCLUDED.rejected_at)"""
+
+# A lead's opportunity follows from its deal rows (a rejection takes a deal out), so it is
+# recomputed from them for the leads whose deals a batch wrote, not merged from events.
+_RECOMPUTE_OPPORTUNITIES = """
+UPDATE leads l SET opportunity = o.opportunity, opportunity_at = o.opportunity_at
+FROM (SELECT lead_id, bool_or(rejected_at IS NULL) AS opportunity,
+             min(created_at) FILTER (WHERE rejected_at IS NULL) AS opportunity_at
+      FROM deals WHERE lead_id = ANY($1::uuid[]) GROUP BY lead_id ORDER BY lead_id) o
+WHERE l.lead_id = o.lead_id AND (l.opportunity, l.opportunity_at) IS DISTINCT FROM (o.opportunity, o.opportunity_at)"""
+
+_INSERT_DEAL_VALUES = """
+INSERT INTO deal_values (deal_id, kind, at, event_id, amount, currency, expected_close_date, probability)
+SELECT DISTINCT ON (deal_id, kind, at, event_id) *
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[], $5::numeric[], $6::text[], $7::date[],
+            $8::numeric[]) AS t(deal_id, kind, at, event_id, amount, currency, expected_close_date, probability)
+ON CONFLICT DO NOTHING"""
+
+_INSERT_OBJECTIONS = """
+INSERT INTO deal_objections (deal_id, key, text)
+SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[], $3::text[])
+ON CONFLICT DO NOTHING"""
+
+_INSERT_DISQUALIFICATIONS = """
+INSERT INTO disqualifications (event_id, lead_id, occurred_at, reason)
+SELECT DISTINCT ON (event_id) *
+FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[]) AS t(event_id, lead_id, occurred_at, reason)
+ON CONFLICT (event_id) DO NOTHING"""
 
 _INSERT_REVENUE = """
 INSERT INTO revenue (revenue_id, lead_id, amount, currency, kind, occurred_at)
@@ -374,14 +467,26 @@ async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch) -> None:
             [lead.lead_id for lead in leads], [lead.created_at for lead in leads],
             [t.campaign_id for t in first], [t.channel for t in first], [t.occurred_at for t in first],
             [t.campaign_id for t in last], [t.channel for t in last], [t.occurred_at for t in last],
-            *_columns(leads, "stage_rank", "has_deal", "first_won_at"),
+            *_columns(leads, "stage_rank", "has_deal", "first_won_at", "mql_at", "sql_at"),
         )  # fmt: skip
     if batch.deals:
-        columns = _columns(batch.deals, "deal_id", "lead_id", "created_at", "won_at", "won_amount", "currency",
+        deals = batch.deals
+        columns = _columns(deals, "deal_id", "lead_id", "created_at", "won_at", "won_amount", "currency",
                            "lost_at", "lost_reason")  # fmt: skip
         # As JSON text: a list of lists would be read as one 2-D (rectangular) array.
-        objections = [json.dumps(list(d.objections)) if d.objections is not None else None for d in batch.deals]
-        await conn.execute(_UPSERT_DEALS, *columns, objections)
+        objections = [json.dumps(list(d.objections)) if d.objections is not None else None for d in deals]
+        handoffs = _columns(deals, "handoff", "accepted_at", "rejected_at", "rejection_reason")
+        await conn.execute(_UPSERT_DEALS, *columns, objections, *handoffs)
+        await conn.execute(_RECOMPUTE_OPPORTUNITIES, sorted({d.lead_id for d in deals}))
+    if batch.deal_values:
+        columns = _columns(batch.deal_values, "deal_id", "kind", "at", "event_id", "amount", "currency",
+                           "expected_close_date", "probability")  # fmt: skip
+        await conn.execute(_INSERT_DEAL_VALUES, *columns)
+    if batch.objections:
+        await conn.execute(_INSERT_OBJECTIONS, *_columns(batch.objections, "deal_id", "key", "text"))
+    if batch.disqualifications:
+        columns = _columns(batch.disqualifications, "event_id", "lead_id", "occurred_at", "reason")
+        await conn.execute(_INSERT_DISQUALIFICATIONS, *columns)
     if batch.revenue:
         columns = _columns(batch.revenue, "revenue_id", "lead_id", "amount", "currency", "kind", "occurred_at")
         await conn.execute(_INSERT_REVENUE, *columns)
@@ -430,7 +535,8 @@ async def plan_for_these_values(conn: asyncpg.Connection) -> None:
 
 # Every KPI statement takes the same leading parameters, so each uses a prefix of one list:
 # $1/$2 the whole period, $3 the bucket starts, $4/$5 the campaign/channel filters,
-# $6 the reporting currency, $7 the hours a bucket boundary cuts (campaign facts only).
+# $6 the reporting currency, $7 the hours a bucket boundary cuts (campaign facts only),
+# $8 now, $9 the handoff SLA (an interval).
 # A fact inside [$1, $2) is in bucket width_bucket(time, $3) (1-based): one range scan for
 # all buckets, which the planner estimates from its statistics, where a join on each
 # bucket's bounds was estimated blind.
@@ -459,6 +565,18 @@ def _dimensions(attribution: AttributionModel, by: BreakdownBy | None) -> tuple[
     if by == "channel":
         return f"l.{prefix}_channel", "f.channel"
     return "NULL::text", "NULL::text"
+
+
+# A deal's values as of a moment: its latest change of that kind before it (ties by event id).
+def _deal_value(kind: str, before: str | None = None) -> str:
+    when = f" AND v.at < {before}" if before else ""
+    return f"""(SELECT v.amount, v.currency, v.expected_close_date, v.probability FROM deal_values v
+                WHERE v.deal_id = d.deal_id AND v.kind = '{kind}'{when}
+                ORDER BY v.at DESC, v.event_id DESC LIMIT 1)"""
+
+
+# The end of bucket i (1-based): the next one's start, or the period's end.
+_BUCKET_END = "coalesce(($3::timestamptz[])[{0} + 1], $2)"
 
 
 def _kpi_queries(attribution: AttributionModel, by: BreakdownBy | None) -> dict[str, str]:
@@ -535,10 +653,83 @@ def _kpi_queries(attribution: AttributionModel, by: BreakdownBy | None) -> dict[
             SELECT {_BUCKET.format("l.created_at")} AS i, {lead_dim} AS dim, count(*) AS leads,
                    count(*) FILTER (WHERE l.stage_rank >= 1 OR l.has_deal) AS mql,
                    count(*) FILTER (WHERE l.stage_rank >= 2 OR l.has_deal) AS sql,
-                   count(*) FILTER (WHERE l.has_deal) AS opportunity,
+                   count(*) FILTER (WHERE l.opportunity) AS opportunity,
                    count(*) FILTER (WHERE l.first_won_at IS NOT NULL) AS customer
             FROM leads l
             WHERE {_PERIOD.format("l.created_at")} AND {lead_filter}
+            GROUP BY 1, 2""",
+        # Leads whose first arrival at a stage is in the bucket (customers: `new_customers`).
+        "stage_reached": f"""
+            SELECT i, dim, sum(mql)::bigint AS reached_mql, sum(sql)::bigint AS reached_sql,
+                   sum(opportunity)::bigint AS reached_opportunity
+            FROM (
+                SELECT {_BUCKET.format("l.mql_at")} AS i, {lead_dim} AS dim, count(*) AS mql, 0 AS sql, 0 AS opportunity
+                FROM leads l WHERE {_PERIOD.format("l.mql_at")} AND {lead_filter} GROUP BY 1, 2
+                UNION ALL
+                SELECT {_BUCKET.format("l.sql_at")}, {lead_dim}, 0, count(*), 0
+                FROM leads l WHERE {_PERIOD.format("l.sql_at")} AND {lead_filter} GROUP BY 1, 2
+                UNION ALL
+                SELECT {_BUCKET.format("l.opportunity_at")}, {lead_dim}, 0, 0, count(*)
+                FROM leads l WHERE {_PERIOD.format("l.opportunity_at")} AND {lead_filter} GROUP BY 1, 2
+            ) reached
+            GROUP BY 1, 2""",
+        # Deals created in the bucket: the handoffs among them and how sales answered (as of
+        # $8), and the pipeline they created (amounts as known now; rejected ones never were).
+        "created": f"""
+            SELECT {_BUCKET.format("d.created_at")} AS i, {lead_dim} AS dim,
+                   count(*) FILTER (WHERE d.handoff) AS handoffs,
+                   count(*) FILTER (WHERE d.handoff AND r.at IS NOT NULL AND d.rejected_at IS NULL) AS accepted,
+                   count(*) FILTER (WHERE d.handoff AND d.rejected_at IS NOT NULL) AS rejected,
+                   count(*) FILTER (WHERE d.handoff AND r.at <= d.created_at + $9::interval) AS responded_within_sla,
+                   count(*) FILTER (WHERE d.handoff AND (r.at > d.created_at + $9::interval
+                                    OR (r.at IS NULL AND $8::timestamptz > d.created_at + $9::interval))) AS breached,
+                   count(*) FILTER (WHERE d.handoff AND r.at IS NULL) AS pending,
+                   count(*) FILTER (WHERE d.handoff AND r.at IS NULL AND $8::timestamptz > d.created_at + $9::interval)
+                       AS pending_overdue,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.at - d.created_at) / 3600)
+                       FILTER (WHERE d.handoff AND r.at IS NOT NULL) AS response_hours_median,
+                   coalesce(sum(v.amount) FILTER (WHERE d.rejected_at IS NULL AND v.currency = $6), 0)
+                       AS pipeline_created
+            FROM deals d JOIN leads l USING (lead_id)
+            -- Sales answers a handoff by accepting or rejecting it; working it (a win, a loss) accepts it.
+            CROSS JOIN LATERAL (SELECT least(d.accepted_at, d.rejected_at, d.won_at, d.lost_at) AS at) r
+            LEFT JOIN LATERAL {_deal_value("details")} v ON true
+            WHERE {_PERIOD.format("d.created_at")} AND {lead_filter}
+            GROUP BY 1, 2""",
+        # The deals open at the end of each bucket (or now, for a bucket that has not ended),
+        # valued as they were then.
+        "pipeline": f"""
+            WITH ends AS (
+                SELECT b.i, least({_BUCKET_END.format("b.i")}, $8::timestamptz) AS t
+                FROM generate_subscripts($3::timestamptz[], 1) AS b(i)
+                WHERE ($3::timestamptz[])[b.i] < {_BUCKET_END.format("b.i")}
+            )
+            SELECT e.i, {lead_dim} AS dim, count(*) AS open_deals,
+                   coalesce(sum(v.amount) FILTER (WHERE v.currency = $6), 0) AS open_value,
+                   coalesce(sum(v.amount * p.probability) FILTER (WHERE v.currency = $6), 0) AS weighted_value
+            FROM ends e
+            JOIN deals d ON d.open_during @> e.t
+            JOIN leads l USING (lead_id)
+            LEFT JOIN LATERAL {_deal_value("details", "e.t")} v ON true
+            LEFT JOIN LATERAL {_deal_value("stage", "e.t")} p ON true
+            WHERE {lead_filter}
+            GROUP BY 1, 2""",
+        # The weighted value of the deals open now that are expected to close in what is left
+        # of a bucket: a close date counts in the bucket its day starts in, from today on.
+        "forecast": f"""
+            WITH open_now AS (
+                SELECT {lead_dim} AS dim, v.amount * p.probability AS weighted,
+                       v.expected_close_date::timestamp AT TIME ZONE 'UTC' AS closes
+                FROM deals d
+                JOIN leads l USING (lead_id)
+                JOIN LATERAL {_deal_value("details", "$8::timestamptz")} v ON true
+                JOIN LATERAL {_deal_value("stage", "$8::timestamptz")} p ON true
+                WHERE d.open_during @> $8::timestamptz AND v.currency = $6
+                  AND v.expected_close_date >= ($8::timestamptz AT TIME ZONE 'UTC')::date AND {lead_filter}
+            )
+            SELECT {_BUCKET.format("closes")} AS i, dim, coalesce(sum(weighted), 0) AS forecast_open
+            FROM open_now
+            WHERE {_PERIOD.format("closes")} AND {_BUCKET_END.format(_BUCKET.format("closes"))} > $8::timestamptz
             GROUP BY 1, 2""",
         "won": f"""
             SELECT {_BUCKET.format("d.won_at")} AS i, {lead_dim} AS dim, count(*) AS deals_won,
@@ -591,27 +782,35 @@ async def kpi_aggregates(
     attribution: AttributionModel,
     currency: str,
     by: BreakdownBy | None = None,
+    *,
+    now: datetime | None = None,
+    sla: timedelta = DEFAULT_SLA,
+    only: Collection[str] | None = None,
 ) -> dict[GroupKey, RawAggregates]:
     """Raw counts and sums per (bucket, breakdown value). Groups with no facts are absent.
     `buckets` are consecutive (each starts where the previous one ends); call it inside a
-    transaction (see `plan_for_these_values`)."""
+    transaction (see `plan_for_these_values`). `now` decides what is pending, overdue and open
+    (default: the clock's now); `sla` is the handoff SLA; `only` names the statements to run
+    (default: all)."""
     if any(a.end != b.start for a, b in itertools.pairwise(buckets)):
         raise ValueError("buckets must be consecutive")
     args = (buckets[0].start, buckets[-1].end, [p.start for p in buckets], filters.campaign_id, filters.channel,
-            currency, cut_hours(buckets))  # fmt: skip
+            currency, cut_hours(buckets), now or datetime.now(UTC), sla)  # fmt: skip
     await plan_for_these_values(conn)
     groups: dict[GroupKey, RawAggregates] = {}
-    for query in _kpi_queries(attribution, by).values():
+    for name, query in _kpi_queries(attribution, by).items():
+        if only is not None and name not in only:
+            continue
         statement, values = _bind(query, args)
         for row in await conn.fetch(statement, *values):
             raw = groups.setdefault((row["i"] - 1, row["dim"]), RawAggregates())
-            for name, value in row.items():
-                if name == "cycle_average":
+            for column, value in row.items():
+                if column == "cycle_average":
                     raw.sales_cycle_average = value
-                elif name == "cycle_median":
+                elif column == "cycle_median":
                     raw.sales_cycle_median = value
-                elif name not in ("i", "dim"):
-                    setattr(raw, name, value)
+                elif column not in ("i", "dim"):
+                    setattr(raw, column, value)
     return groups
 
 

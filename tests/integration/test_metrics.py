@@ -121,6 +121,23 @@ async def test_every_kpi_on_a_hand_computed_month(march):
         "win_rate": 0.6,
         "new_customers": 3,
         "ltv_to_cac": 4.625,  # 1850 / 400
+        # First arrivals in March. mql: L1 L2 L3 (at sql) L8 L9 L10 (L5: Feb 21); sql: L1 L3 L8
+        # L9 L10; opportunity (first deal): L1 L3 L8 L9 L10 (L5's D5: Feb 25); customer = new ones.
+        "stage_reached": {"mql": 6, "sql": 5, "opportunity": 5, "customer": 3},
+        "pipeline_created": "0.00",  # these deals carry no expected amount
+        "sla": {
+            "handoffs": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "responded_within_sla": 0,
+            "breached": 0,
+            "pending": 0,
+            "pending_overdue": 0,
+            "within_sla_rate": None,
+            "median_hours_to_response": None,
+        },  # fmt: skip
+        "pipeline": {"open_deals": 1, "open_value": "0.00", "weighted_value": "0.00"},  # D8, won Apr 2
+        "forecast": "1800.01",  # the month is over: its revenue
         "as_of": "2025-04-05T00:00:00Z",
     }
 

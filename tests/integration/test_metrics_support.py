@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import httpx
@@ -24,8 +24,12 @@ from shared.events import (
     Attribution,
     CampaignEvent,
     CustomerRevenueRecorded,
+    DealAccepted,
     DealCreated,
+    DealDetailsChanged,
     DealLost,
+    DealObjectionsRecorded,
+    DealRejected,
     DealStageChanged,
     DealWon,
     Envelope,
@@ -34,6 +38,7 @@ from shared.events import (
     LeadStageChanged,
     LeadTouched,
     Money,
+    Objection,
     PageView,
     Touch,
     Utm,
@@ -98,9 +103,9 @@ class Lead:
         )  # fmt: skip
         return wrap(data, self.lead_id, touch[2])
 
-    def stage(self, to: str, when: datetime, frm: str = "lead") -> Envelope:
+    def stage(self, to: str, when: datetime, frm: str = "lead", reason: str | None = None) -> Envelope:
         data = LeadStageChanged.model_validate({
-            "lead_id": self.lead_id, "from": frm, "to": to, "occurred_at": when,
+            "lead_id": self.lead_id, "from": frm, "to": to, "occurred_at": when, "reason": reason,
             "created_at": self.created_at, "attribution": self.attribution(),
         })  # fmt: skip
         return wrap(data, self.lead_id, when)
@@ -109,14 +114,36 @@ class Lead:
         return {"deal_id": deal_id, "lead_id": self.lead_id, "lead_created_at": self.created_at,
                 "attribution": self.attribution()}  # fmt: skip
 
-    def deal_created(self, deal_id: uuid.UUID, when: datetime) -> Envelope:
-        data = DealCreated(**self._deal(deal_id), stage="qualification", currency="EUR", created_at=when)
+    def deal_created(self, deal_id: uuid.UUID, when: datetime, *, handoff: bool = False, amount: str | None = None,
+                     probability: float | None = None, close: date | None = None) -> Envelope:  # fmt: skip
+        data = DealCreated(**self._deal(deal_id), stage="qualification", currency="EUR", created_at=when,
+                           handoff=handoff, amount=Decimal(amount) if amount else None, probability=probability,
+                           expected_close_date=close)  # fmt: skip
         return wrap(data, self.lead_id, when)
 
-    def deal_moved(self, deal_id: uuid.UUID, when: datetime, to: str = "proposal") -> Envelope:
+    def deal_moved(self, deal_id: uuid.UUID, when: datetime, to: str = "proposal",
+                   probability: float | None = None) -> Envelope:  # fmt: skip
         data = DealStageChanged.model_validate(
-            {**self._deal(deal_id), "from": "qualification", "to": to, "occurred_at": when}
+            {**self._deal(deal_id), "from": "qualification", "to": to, "occurred_at": when, "probability": probability}
         )
+        return wrap(data, self.lead_id, when)
+
+    def details_changed(self, deal_id: uuid.UUID, when: datetime, amount: str | None,
+                        close: date | None = None) -> Envelope:  # fmt: skip
+        data = DealDetailsChanged(**self._deal(deal_id), amount=Decimal(amount) if amount else None, currency="EUR",
+                                  expected_close_date=close, occurred_at=when)  # fmt: skip
+        return wrap(data, self.lead_id, when)
+
+    def accepted(self, deal_id: uuid.UUID, when: datetime) -> Envelope:
+        return wrap(DealAccepted(**self._deal(deal_id), occurred_at=when), self.lead_id, when)
+
+    def rejected(self, deal_id: uuid.UUID, when: datetime, reason: str) -> Envelope:
+        return wrap(DealRejected(**self._deal(deal_id), reason=reason, occurred_at=when), self.lead_id, when)
+
+    def objections_recorded(self, deal_id: uuid.UUID, when: datetime, objections: Iterable[tuple[str, str]]
+                            ) -> Envelope:  # fmt: skip
+        data = DealObjectionsRecorded(**self._deal(deal_id), occurred_at=when,
+                                      objections=[Objection(key=k, text=t) for k, t in objections])  # fmt: skip
         return wrap(data, self.lead_id, when)
 
     def won(self, deal_id: uuid.UUID, when: datetime, amount: str, first_win: bool = True) -> Envelope:
@@ -124,8 +151,14 @@ class Lead:
                        first_win=first_win)  # fmt: skip
         return wrap(data, self.lead_id, when)
 
-    def lost(self, deal_id: uuid.UUID, when: datetime, reason: str, objections: Iterable[str] = ()) -> Envelope:
-        data = DealLost(**self._deal(deal_id), reason=reason, objections=list(objections), occurred_at=when)
+    def lost(self, deal_id: uuid.UUID, when: datetime, reason: str, objections: Iterable[str] = (),
+             normalised: Iterable[tuple[str, str]] | None = None) -> Envelope:  # fmt: skip
+        """deal.lost; `normalised` (key, text) pairs as sales publishes them now, else only
+        the texts (as events from before the vocabulary)."""
+        keyed = [Objection(key=k, text=t) for k, t in normalised or ()]
+        texts = [t for _, t in keyed] if normalised is not None else list(objections)
+        data = DealLost(**self._deal(deal_id), reason=reason, objections=texts, normalised_objections=keyed,
+                        occurred_at=when)  # fmt: skip
         return wrap(data, self.lead_id, when)
 
     def revenue(self, when: datetime, amount: str, kind: str = "renewal") -> Envelope:
@@ -174,6 +207,15 @@ class RunningMetrics:
             return await self.app.state.pool.fetchval(query, ids) == len(ids)
 
         await eventually(all_applied, timeout=timeout)
+
+    def clock_at(self, moment: datetime) -> None:
+        """Fix the service's now (what pending, overdue, open and goal progress are computed against)."""
+        from services.metrics.api import current_time
+
+        async def fixed() -> datetime:
+            return moment
+
+        self.app.dependency_overrides[current_time] = fixed
 
     async def kpis(self, path: str = "/v1/kpis", **params) -> dict:
         response = await self.client.get(path, params=params, headers=AUTH)
