@@ -195,11 +195,32 @@ class ObjectionCount(BaseModel):
     count: Count
 
 
+class TextCount(BaseModel):
+    text: str
+    count: Count = Field(description="deals that raised it in these words")
+
+
+class KeyedObjection(BaseModel):
+    key: str = Field(description="the objection vocabulary's key (`other`: none matched)")
+    count: Count = Field(description="deals that raised it")
+    texts: list[TextCount]
+
+
+class ObjectionsByOutcome(BaseModel):
+    lost: list[KeyedObjection] = Field(description="of the deals lost in the period")
+    won: list[KeyedObjection] = Field(description="of the deals won in the period")
+    open: list[KeyedObjection] = Field(description="of the deals open at its end (or now)")
+
+
 class CampaignFeedback(BaseModel):
     campaign_id: str | None
     deals_lost: Count
     lost_reasons: list[ReasonCount]
     objections: list[ObjectionCount]
+    deals_rejected: Count
+    rejection_reasons: list[ReasonCount]
+    disqualifications: Count
+    disqualification_reasons: list[ReasonCount]
 
 
 class Feedback(BaseModel):
@@ -209,7 +230,12 @@ class Feedback(BaseModel):
     attribution: AttributionModel
     deals_lost: Count
     lost_reasons: list[ReasonCount]
-    objections: list[ObjectionCount]
+    objections: list[ObjectionCount] = Field(description="as recorded, of the deals lost in the period")
+    deals_rejected: Count = Field(description="handoffs rejected in the period")
+    rejection_reasons: list[ReasonCount]
+    disqualifications: Count = Field(description="moves of a lead to disqualified, with a reason, in the period")
+    disqualification_reasons: list[ReasonCount]
+    objections_by_outcome: ObjectionsByOutcome
     campaigns: list[CampaignFeedback]
     as_of: datetime | None
 
@@ -315,17 +341,19 @@ async def get_breakdown(
 
 @router.get("/feedback", responses=answers(Feedback))
 async def get_feedback(
-    request: Request, pool: DbPool, now: Now, from_: From = None, to: To = None, campaign_id: CampaignId = None,
-    channel: Channel = None, attribution: Attribution = "first_touch",
+    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None,
+    campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """What sales tells marketing: the lost reasons and objections of the deals lost in the
-    period, in total and by campaign."""
-    period, filters = period_of(from_, to, now), Filters(campaign_id, channel)
+    period, the reasons of the handoffs rejected and of the leads disqualified in it, in total
+    and by campaign; the objections of the deals lost, won and open, by vocabulary key."""
+    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
-        return await service.feedback_report(conn, state, period, filters, attribution)
+        return await service.feedback_report(conn, state, period, filters, attribution, clock)
 
-    return await conditional_get(request, pool, (period, filters, attribution), compute)
+    key = (period, filters, attribution, clock.now if clock.now < period.end else None)
+    return await conditional_get(request, pool, key, compute)
 
 
 # --- the dashboard --------------------------------------------------------------------

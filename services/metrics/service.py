@@ -92,39 +92,78 @@ def _ranked(counts: dict[str, int], name: str) -> list[dict[str, Any]]:
     return [{name: value, "count": n} for value, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+def _objections_by_outcome(counts: list[store.ObjectionCount]) -> dict[str, list[dict[str, Any]]]:
+    """Per outcome, each vocabulary key with the deals that raised it, and the texts it was
+    recorded as (each with its deals), most frequent first."""
+    keys: dict[str, dict[str, int]] = {outcome: {} for outcome in OUTCOMES}
+    texts: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for item in counts:
+        if item.text is None:
+            keys[item.outcome][item.key] = item.count
+        else:
+            texts[(item.outcome, item.key)][item.text] = item.count
+    return {
+        outcome: [
+            {"key": key, "count": n, "texts": _ranked(texts[(outcome, key)], "text")}
+            for key, n in sorted(keys[outcome].items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+        for outcome in OUTCOMES
+    }
+
+
+OUTCOMES = ("lost", "won", "open")
+
+
 async def feedback_report(
     conn: asyncpg.Connection, state: store.ProjectionState, period: Period, filters: Filters,
-    attribution: AttributionModel,
+    attribution: AttributionModel, clock: Clock,
 ) -> dict[str, Any]:  # fmt: skip
     """What sales tells marketing: the lost reasons and objections of the deals lost in the
-    period, in total and by campaign."""
+    period, the reasons of the handoffs rejected and of the leads disqualified in it, in total
+    and by campaign; the objections of the deals lost, won and open, by vocabulary key."""
     reasons, objections, lost = await store.lost_feedback(conn, period, filters, attribution)
-    total_reasons: dict[str, int] = defaultdict(int)
-    total_objections: dict[str, int] = defaultdict(int)
+    rejections, disqualifications, keyed = await store.sales_feedback(conn, period, filters, attribution, clock.now)
+    kinds = ("reasons", "objections", "rejections", "disqualifications")
+    totals: dict[str, dict[str, int]] = {kind: defaultdict(int) for kind in kinds}
     by_campaign: dict[str | None, dict[str, dict[str, int]]] = defaultdict(
-        lambda: {"reasons": defaultdict(int), "objections": defaultdict(int)}
+        lambda: {kind: defaultdict(int) for kind in kinds}
     )
-    for item in reasons:
-        total_reasons[item.value] += item.count
-        by_campaign[item.campaign_id]["reasons"][item.value] += item.count
-    for item in objections:
-        total_objections[item.value] += item.count
-        by_campaign[item.campaign_id]["objections"][item.value] += item.count
-    campaigns = sorted(lost, key=lambda c: (-lost[c], c is None, c or ""))
+    for kind, items in zip(kinds, (reasons, objections, rejections, disqualifications), strict=True):
+        for item in items:
+            totals[kind][item.value] += item.count
+            by_campaign[item.campaign_id][kind][item.value] += item.count
+
+    def count(campaign: str | None, kind: str) -> int:
+        return sum(by_campaign[campaign][kind].values()) if campaign in by_campaign else 0
+
+    # Every lost deal has one reason, every rejected handoff one, every counted move one.
+    campaigns = sorted(
+        by_campaign,
+        key=lambda c: (-lost.get(c, 0), -count(c, "rejections"), -count(c, "disqualifications"), c is None, c or ""),
+    )
     return {
         "from": iso(period.start),
         "to": iso(period.end),
         "filters": filters.as_dict(),
         "attribution": attribution,
         "deals_lost": sum(lost.values()),
-        "lost_reasons": _ranked(total_reasons, "reason"),
-        "objections": _ranked(total_objections, "objection"),
+        "lost_reasons": _ranked(totals["reasons"], "reason"),
+        "objections": _ranked(totals["objections"], "objection"),
+        "deals_rejected": sum(totals["rejections"].values()),
+        "rejection_reasons": _ranked(totals["rejections"], "reason"),
+        "disqualifications": sum(totals["disqualifications"].values()),
+        "disqualification_reasons": _ranked(totals["disqualifications"], "reason"),
+        "objections_by_outcome": _objections_by_outcome(keyed),
         "campaigns": [
             {
                 "campaign_id": campaign,
-                "deals_lost": lost[campaign],
+                "deals_lost": lost.get(campaign, 0),
                 "lost_reasons": _ranked(by_campaign[campaign]["reasons"], "reason"),
                 "objections": _ranked(by_campaign[campaign]["objections"], "objection"),
+                "deals_rejected": count(campaign, "rejections"),
+                "rejection_reasons": _ranked(by_campaign[campaign]["rejections"], "reason"),
+                "disqualifications": count(campaign, "disqualifications"),
+                "disqualification_reasons": _ranked(by_campaign[campaign]["disqualifications"], "reason"),
             }
             for campaign in campaigns
         ],

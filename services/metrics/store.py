@@ -851,3 +851,56 @@ async def lost_feedback(
         [FeedbackCount(r["campaign_id"], r["value"], r["n"]) for r in objections],
         dict(deals),
     )
+
+
+@dataclass(frozen=True)
+class ObjectionCount:
+    outcome: str  # lost | won | open
+    key: str
+    text: str | None  # None: the key's own count (deals that raised it, whatever the text)
+    count: int
+
+
+async def sales_feedback(
+    conn: asyncpg.Connection, period: Period, filters: Filters, attribution: AttributionModel, now: datetime
+) -> tuple[list[FeedbackCount], list[FeedbackCount], list[ObjectionCount]]:
+    """(rejection reasons of the handoffs rejected in the period, reasons of the leads moved to
+    disqualified in it, per campaign; the objections of the deals lost in it, won in it and
+    open at its end (or now), by vocabulary key and text). Each counts deals (or moves)."""
+    campaign = f"l.{'first' if attribution == 'first_touch' else 'last'}_campaign_id"
+    lead_filter = _lead_filter(attribution, campaign_param=3)
+    reasons_query = f"""
+        SELECT true AS rejection, {campaign} AS campaign_id, d.rejection_reason AS value, count(*) AS n
+        FROM deals d JOIN leads l USING (lead_id)
+        WHERE d.rejected_at >= $1 AND d.rejected_at < $2 AND {lead_filter}
+        GROUP BY 2, 3
+        UNION ALL
+        SELECT false, {campaign}, q.reason, count(*)
+        FROM disqualifications q JOIN leads l USING (lead_id)
+        WHERE q.occurred_at >= $1 AND q.occurred_at < $2 AND {lead_filter}
+        GROUP BY 2, 3"""
+    objections_query = f"""
+        WITH chosen AS MATERIALIZED (
+            SELECT 'lost' AS outcome, d.deal_id FROM deals d JOIN leads l USING (lead_id)
+            WHERE d.lost_at >= $1 AND d.lost_at < $2 AND d.rejected_at IS NULL AND {lead_filter}
+            UNION ALL
+            SELECT 'won', d.deal_id FROM deals d JOIN leads l USING (lead_id)
+            WHERE d.won_at >= $1 AND d.won_at < $2 AND d.rejected_at IS NULL AND {lead_filter}
+            UNION ALL
+            SELECT 'open', d.deal_id FROM deals d JOIN leads l USING (lead_id)
+            WHERE $1 < $2 AND d.open_during @> least($2, $5::timestamptz) AND {lead_filter}
+        )
+        SELECT c.outcome, o.key, o.text, count(*) AS n
+        FROM chosen c JOIN deal_objections o USING (deal_id) GROUP BY 1, 2, 3
+        UNION ALL
+        SELECT c.outcome, o.key, NULL, count(DISTINCT c.deal_id)
+        FROM chosen c JOIN deal_objections o USING (deal_id) GROUP BY 1, 2"""
+    await plan_for_these_values(conn)
+    args = (period.start, period.end, filters.campaign_id, filters.channel)
+    reasons = await conn.fetch(reasons_query, *args)
+    objections = await conn.fetch(objections_query, *args, now)
+    return (
+        [FeedbackCount(r["campaign_id"], r["value"], r["n"]) for r in reasons if r["rejection"]],
+        [FeedbackCount(r["campaign_id"], r["value"], r["n"]) for r in reasons if not r["rejection"]],
+        [ObjectionCount(r["outcome"], r["key"], r["text"], r["n"]) for r in objections],
+    )

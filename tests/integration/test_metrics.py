@@ -244,12 +244,25 @@ async def test_feedback_reports_lost_reasons_and_objections_by_campaign(march):
     assert body["deals_lost"] == 2
     assert body["lost_reasons"] == [{"reason": "price", "count": 1}, {"reason": "timing", "count": 1}]
     assert body["objections"] == [{"objection": "no budget", "count": 2}, {"objection": "too expensive", "count": 1}]
+    nothing_else = {
+        "deals_rejected": 0,
+        "rejection_reasons": [],
+        "disqualifications": 0,
+        "disqualification_reasons": [],
+    }
     assert body["campaigns"] == [
         {"campaign_id": "c1", "deals_lost": 1, "lost_reasons": [{"reason": "timing", "count": 1}],
-         "objections": [{"objection": "no budget", "count": 1}]},
+         "objections": [{"objection": "no budget", "count": 1}], **nothing_else},
         {"campaign_id": "c2", "deals_lost": 1, "lost_reasons": [{"reason": "price", "count": 1}],
-         "objections": [{"objection": "no budget", "count": 1}, {"objection": "too expensive", "count": 1}]},
+         "objections": [{"objection": "no budget", "count": 1}, {"objection": "too expensive", "count": 1}],
+         **nothing_else},
     ]  # fmt: skip
+    # Events from before the objection vocabulary: their texts count under `other`.
+    assert body["objections_by_outcome"] == {
+        "lost": [{"key": "other", "count": 2, "texts": [{"text": "no budget", "count": 2},
+                                                        {"text": "too expensive", "count": 1}]}],
+        "won": [], "open": [],
+    }  # fmt: skip
     only_c2 = await march.kpis("/v1/feedback", **MARCH, campaign_id="c2")
     assert only_c2["deals_lost"] == 1 and only_c2["lost_reasons"] == [{"reason": "price", "count": 1}]
     april = await march.kpis("/v1/feedback", **{"from": "2025-04-01", "to": "2025-05-01"})

@@ -186,3 +186,68 @@ async def test_a_handoff_becomes_overdue_with_time_alone_and_the_etag_follows(ap
     april.clock_at(at("2025-04-25"))
     still = await april.client.get("/v1/kpis", params=MARCH, headers={**AUTH, "If-None-Match": march.headers["etag"]})
     assert still.status_code == 304
+
+
+async def test_feedback_rejection_and_disqualification_reasons_and_objections_by_outcome(april):
+    P, Q, T = (Lead([("c1", "cpc", at("2025-04-02"))]) for _ in range(3))
+    R, S = (Lead([("c2", "email", at("2025-04-02"))]) for _ in range(2))
+    U, V = Lead([("c1", "cpc", at("2025-04-02"))]), Lead([("c2", "email", at("2025-03-02"))])
+    P1, Q1, R1, S1, T1, V1 = (uuid.uuid4() for _ in range(6))
+    await april.send([
+        # The same objection in other words (and spellings) counts under its key, once per deal.
+        P.deal_created(P1, at("2025-04-03")),
+        P.lost(P1, at("2025-04-12"), "price", normalised=[("price", "Too expensive"), ("price", "too pricey"),
+                                                           ("timing", "not now")]),
+        Q.deal_created(Q1, at("2025-04-03")),
+        Q.lost(Q1, at("2025-04-14"), "price", normalised=[("price", "too expensive")]),
+        T.deal_created(T1, at("2025-04-03")), T.lost(T1, at("2025-04-18"), "other", ["meh"]),  # before the vocabulary
+        # Open and won deals' objections come on their own, possibly more than once.
+        R.deal_created(R1, at("2025-04-03")),
+        R.objections_recorded(R1, at("2025-04-11"), [("price", "Cost"), ("integration", "no Salesforce connector")]),
+        R.objections_recorded(R1, at("2025-04-15"), [("price", "Cost")]),
+        S.deal_created(S1, at("2025-04-03")), S.objections_recorded(S1, at("2025-04-12"), [("timing", "next quarter")]),
+        S.won(S1, at("2025-04-16"), "100.00"),
+        # Lost in March: not April's.
+        V.deal_created(V1, at("2025-03-03")), V.lost(V1, at("2025-03-20"), "price", normalised=[("price", "Cost")]),
+        U.created(), U.stage("disqualified", at("2025-04-09"), reason="student"),
+        R.stage("disqualified", at("2025-04-10"), reason="no budget"),
+        S.stage("disqualified", at("2025-04-10"), reason="  "),  # no reason: not counted
+        V.stage("disqualified", at("2025-03-10"), reason="student"),  # March
+    ])  # fmt: skip
+    body = await april.kpis("/v1/feedback", **APRIL)
+    assert (body["deals_lost"], body["deals_rejected"], body["disqualifications"]) == (3, 1, 3)
+    assert body["rejection_reasons"] == [{"reason": "not a fit", "count": 1}]  # HC1
+    assert body["disqualification_reasons"] == [{"reason": "student", "count": 2}, {"reason": "no budget", "count": 1}]
+    assert body["objections_by_outcome"] == {
+        "lost": [
+            {"key": "price", "count": 2, "texts": [{"text": "Too expensive", "count": 1},
+                                                   {"text": "too expensive", "count": 1},
+                                                   {"text": "too pricey", "count": 1}]},
+            {"key": "other", "count": 1, "texts": [{"text": "meh", "count": 1}]},
+            {"key": "timing", "count": 1, "texts": [{"text": "not now", "count": 1}]},
+        ],
+        "won": [{"key": "timing", "count": 1, "texts": [{"text": "next quarter", "count": 1}]}],
+        "open": [
+            {"key": "integration", "count": 1, "texts": [{"text": "no Salesforce connector", "count": 1}]},
+            {"key": "price", "count": 1, "texts": [{"text": "Cost", "count": 1}]},
+        ],
+    }  # fmt: skip
+    campaigns = {c["campaign_id"]: c for c in body["campaigns"]}
+    assert [c["campaign_id"] for c in body["campaigns"]] == ["c1", "c2"]  # 3 lost, then 0 lost
+    assert campaigns["c1"]["disqualification_reasons"] == [{"reason": "student", "count": 2}]  # E, U
+    assert campaigns["c2"] == {
+        "campaign_id": "c2", "deals_lost": 0, "lost_reasons": [], "objections": [],
+        "deals_rejected": 1, "rejection_reasons": [{"reason": "not a fit", "count": 1}],
+        "disqualifications": 1, "disqualification_reasons": [{"reason": "no budget", "count": 1}],
+    }  # fmt: skip
+
+    # The open deals are those open at the period's end: at March's end, none of these.
+    march = await april.kpis("/v1/feedback", **MARCH)
+    assert march["objections_by_outcome"]["open"] == []
+    assert march["objections_by_outcome"]["lost"] == [
+        {"key": "price", "count": 1, "texts": [{"text": "Cost", "count": 1}]}
+    ]
+    assert march["disqualification_reasons"] == [{"reason": "student", "count": 1}]
+    only_c2 = await april.kpis("/v1/feedback", **APRIL, campaign_id="c2")
+    assert [o["key"] for o in only_c2["objections_by_outcome"]["open"]] == ["integration", "price"]
+    assert only_c2["objections_by_outcome"]["lost"] == [] and only_c2["disqualifications"] == 1

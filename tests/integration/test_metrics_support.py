@@ -156,7 +156,7 @@ class Lead:
         """deal.lost; `normalised` (key, text) pairs as sales publishes them now, else only
         the texts (as events from before the vocabulary)."""
         keyed = [Objection(key=k, text=t) for k, t in normalised or ()]
-        texts = [t for _, t in keyed] if normalised is not None else list(objections)
+        texts = [o.text for o in keyed] if normalised is not None else list(objections)
         data = DealLost(**self._deal(deal_id), reason=reason, objections=texts, normalised_objections=keyed,
                         occurred_at=when)  # fmt: skip
         return wrap(data, self.lead_id, when)
