@@ -8,8 +8,10 @@ the price of one single-row SELECT.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,24 +19,41 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.app import DbPool
-from shared.events import Text, utcnow
+from shared.errors import InvalidField
+from shared.events import NonBlankText, Text, money_input, utcnow
 from shared.http import require_api_token
 from shared.openapi import problems
+from shared.pagination import Page, cursor_param, decode_cursor
 from shared.settings import DEV_API_TOKEN
 
 from . import service, store
 from .domain import (
+    MONEY_METRICS,
     AttributionModel,
     BreakdownBy,
     Filters,
+    GoalMetric,
+    GoalStatus,
     Interval,
     Period,
+    Team,
     bucket_periods,
     etag,
     etag_matches,
+    parse_instant,
     resolve_period,
 )
 from .settings import MetricsSettings, Settings
@@ -278,10 +297,15 @@ async def conditional_get(
     pool: asyncpg.Pool,
     query_key: tuple[object, ...],
     compute: Callable[[asyncpg.Connection, store.ProjectionState], Awaitable[dict[str, Any]]],
+    *,
+    goals: bool = False,
 ) -> Response:
-    """304 when the client's ETag is current; otherwise compute on one consistent snapshot."""
+    """304 when the client's ETag is current; otherwise compute on one consistent snapshot.
+    `goals`: the answer also depends on the goals (their version is part of the tag)."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         state = await store.projection_state(conn)
+        if goals:
+            query_key = (*query_key, await store.goals_version(conn))
         tag = etag(state.epoch, state.version, request.url.path, *query_key)
         headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
         if etag_matches(request.headers.get("if-none-match"), tag):
@@ -354,6 +378,158 @@ async def get_feedback(
 
     key = (period, filters, attribution, clock.now if clock.now < period.end else None)
     return await conditional_get(request, pool, key, compute)
+
+
+# --- shared goals -----------------------------------------------------------------------
+
+# A count target is a whole number ≥ 1; a money target (revenue, pipeline_created) an amount
+# in EMBUDO_CURRENCY, a decimal string ("12000.00") or number with at most two decimals.
+MAX_COUNT_TARGET = 10**12
+MoneyTarget = money_input(positive=True, integer_digits=16)
+_MONEY_TARGET = TypeAdapter(MoneyTarget)
+_COUNT_TARGET_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_COUNT_TARGET}
+_MONEY_TARGET_SCHEMA = _MONEY_TARGET.json_schema()
+TARGET_RULES = {
+    "if": {"properties": {"metric": {"enum": sorted(MONEY_METRICS)}}, "required": ["metric"]},
+    "then": {"properties": {"target": _MONEY_TARGET_SCHEMA}},
+    "else": {"properties": {"target": _COUNT_TARGET_SCHEMA}},
+}
+
+
+def instant(field: str) -> Any:
+    """A goal's `from` / `to`: an RFC 3339 date (UTC midnight) or date-time with an offset."""
+
+    def parse(value: object) -> datetime:
+        if not isinstance(value, str):
+            raise PydanticCustomError("datetime_type", "expected an RFC 3339 date or date-time string")
+        try:
+            return parse_instant(value, field)
+        except InvalidField as refused:
+            raise PydanticCustomError("datetime_format", "{message}", {"message": refused.message}) from None
+
+    return Annotated[datetime, BeforeValidator(parse), WithJsonSchema(_INSTANT)]
+
+
+class GoalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"allOf": [TARGET_RULES]})
+    name: NonBlankText = Field(max_length=200)
+    team: Team
+    metric: GoalMetric = Field(description="a KPI of /v1/kpis (mql, sql, opportunities: its stage_reached)")
+    target: Annotated[object, WithJsonSchema({"anyOf": [_COUNT_TARGET_SCHEMA, _MONEY_TARGET_SCHEMA]})] = Field(
+        description="a whole number; for revenue and pipeline_created an amount in EMBUDO_CURRENCY"
+    )
+    from_: instant("from") = Field(alias="from", description="inclusive; earlier than `to`")  # type: ignore[valid-type]
+    to: instant("to") = Field(description="exclusive")  # type: ignore[valid-type]
+    campaign_id: NonBlankText | None = Field(default=None, max_length=200)
+    channel: NonBlankText | None = Field(default=None, max_length=200)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_of_its_metric(cls, value: object, info: ValidationInfo) -> Decimal:
+        if info.data.get("metric") in MONEY_METRICS:
+            return _MONEY_TARGET.validate_python(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise PydanticCustomError("int_type", "expected a whole number (an amount only for revenue goals)")
+        if not 1 <= value <= MAX_COUNT_TARGET:
+            raise PydanticCustomError("int_range", f"expected a whole number from 1 to {MAX_COUNT_TARGET}")
+        return Decimal(int(value))
+
+    @field_validator("to")
+    @classmethod
+    def _after_from(cls, value: datetime, info: ValidationInfo) -> datetime:
+        start = info.data.get("from_")
+        if start is not None and value <= start:
+            raise PydanticCustomError("period_order", "`to` must be later than `from`")
+        return value
+
+    def spec(self) -> store.GoalSpec:
+        return store.GoalSpec(self.name, self.team, self.metric, self.target, self.from_, self.to, self.campaign_id,
+                              self.channel)  # type: ignore[arg-type]  # fmt: skip
+
+
+Estimate = Annotated[float | Money | None, Field(description="money goals: an amount; else 4 places; null on /0")]
+
+
+class GoalProgress(BaseModel):
+    actual: Count | Money
+    target: Count | Money
+    attainment: Ratio = Field(description="actual / target")
+    expected_to_date: Estimate = Field(description="target × the elapsed share of the period (0 to 1)")
+    pace: Ratio = Field(description="actual / expected_to_date")
+    projected: Estimate = Field(description="actual / the elapsed share")
+    status: GoalStatus = Field(
+        description="achieved (actual ≥ target); else while the period runs on_track (pace ≥ 1), at_risk "
+        "(pace ≥ 0.8) or behind; before it not_started; after it missed"
+    )
+
+
+class Goal(BaseModel):
+    goal_id: uuid.UUID
+    name: str
+    team: Team
+    metric: GoalMetric
+    target: Count | Money
+    from_: datetime = Field(alias="from")
+    to: datetime
+    campaign_id: str | None
+    channel: str | None
+    currency: str = Field(description="of money targets and actuals (EMBUDO_CURRENCY)")
+    created_at: datetime
+    updated_at: datetime
+    progress: GoalProgress
+
+
+class GoalPage(Page[Goal]):
+    pass
+
+
+GoalCursor = cursor_param(datetime, uuid.UUID)
+
+
+@router.put("/goals/{goal_id}", tags=["goals"], responses={**problems(400, 413),
+            200: {"model": Goal, "description": "Replaced (or already so)"},
+            201: {"model": Goal, "description": "Created"}})  # fmt: skip
+async def put_goal(goal_id: uuid.UUID, body: GoalIn, pool: DbPool, settings: Settings, now: Now) -> JSONResponse:
+    """Create or replace a shared goal (idempotent: the same body again changes nothing)."""
+    goal, created = await service.put_goal(pool, goal_id, body.spec(), settings.currency, clock_of(now, settings))
+    return JSONResponse(goal, status_code=201 if created else 200)
+
+
+@router.get("/goals", tags=["goals"], responses=answers(GoalPage))
+async def list_goals(
+    request: Request, pool: DbPool, settings: Settings, now: Now,
+    active_at: Annotated[str | None, Query(description="RFC 3339 date or date-time: goals whose period holds it",
+                                           json_schema_extra=_INSTANT)] = None,
+    team: Team | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: GoalCursor = None,
+) -> Response:  # fmt: skip
+    """The goals (oldest first), each with its progress as of now."""
+    moment = parse_instant(active_at, "active_at") if active_at is not None else None
+    after = decode_cursor(cursor, datetime, uuid.UUID) if cursor else None
+    clock = clock_of(now, settings)
+
+    async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
+        return await service.goals_page(conn, moment, team, after, limit, settings.currency, clock)
+
+    return await conditional_get(request, pool, (moment, team, after, limit, clock.now), compute, goals=True)
+
+
+@router.get("/goals/{goal_id}", tags=["goals"], responses={**answers(Goal), **problems(404)})
+async def get_goal(request: Request, goal_id: uuid.UUID, pool: DbPool, settings: Settings, now: Now) -> Response:
+    """One goal with its progress as of now."""
+    clock = clock_of(now, settings)
+
+    async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
+        return await service.goal_report(conn, goal_id, settings.currency, clock)
+
+    return await conditional_get(request, pool, (goal_id, clock.now), compute, goals=True)
+
+
+@router.delete("/goals/{goal_id}", tags=["goals"], status_code=204, responses=problems(404))
+async def delete_goal(goal_id: uuid.UUID, pool: DbPool) -> Response:
+    await service.delete_goal(pool, goal_id)
+    return Response(status_code=204)
 
 
 # --- the dashboard --------------------------------------------------------------------

@@ -273,3 +273,87 @@ def etag_matches(if_none_match: str | None, current: str) -> bool:
     # Weak comparison (RFC 9110 §13.1.2): W/ prefixes are ignored.
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
     return current.removeprefix("W/") in candidates
+
+
+# --- shared goals -----------------------------------------------------------------------
+
+Team = Literal["marketing", "sales"]
+GoalMetric = Literal[
+    "leads_generated", "mql", "sql", "opportunities", "new_customers", "deals_won", "revenue", "pipeline_created"
+]
+MONEY_METRICS: frozenset[str] = frozenset({"revenue", "pipeline_created"})
+GoalStatus = Literal["achieved", "on_track", "at_risk", "behind", "missed", "not_started"]
+# The least pace that is still `at_risk` rather than `behind` (1 and over: `on_track`).
+AT_RISK_PACE = Decimal("0.8")
+
+# Each goal metric is a KPI of /v1/kpis: the store statements that count it, and its value.
+GOAL_QUERIES: dict[str, tuple[str, ...]] = {
+    "leads_generated": ("cohort",),
+    "mql": ("stage_reached",),
+    "sql": ("stage_reached",),
+    "opportunities": ("stage_reached",),
+    "new_customers": ("new_customers",),
+    "deals_won": ("won",),
+    "revenue": ("won", "recorded"),
+    "pipeline_created": ("created",),
+}
+
+
+def goal_actual(metric: str, raw: RawAggregates) -> Decimal | int:
+    return {
+        "leads_generated": lambda: raw.leads,
+        "mql": lambda: raw.reached_mql,
+        "sql": lambda: raw.reached_sql,
+        "opportunities": lambda: raw.reached_opportunity,
+        "new_customers": lambda: raw.new_customers,
+        "deals_won": lambda: raw.deals_won,
+        "revenue": lambda: raw.won_revenue + raw.recorded_revenue,
+        "pipeline_created": lambda: raw.pipeline_created,
+    }[metric]()
+
+
+def elapsed_share(period: Period, now: datetime) -> Decimal:
+    """How much of the period lies before now, from 0 (not started) to 1 (over)."""
+    total = (period.end - period.start) // timedelta(microseconds=1)
+    elapsed = (now - period.start) // timedelta(microseconds=1)
+    return min(Decimal(1), max(Decimal(0), Decimal(elapsed) / Decimal(total)))
+
+
+def goal_status(actual: Decimal, target: Decimal, pace: Decimal | None, period: Period, now: datetime) -> GoalStatus:
+    if actual >= target:
+        return "achieved"
+    if now >= period.end:
+        return "missed"
+    if now < period.start:
+        return "not_started"
+    if pace is not None and pace >= 1:
+        return "on_track"
+    return "at_risk" if pace is not None and pace >= AT_RISK_PACE else "behind"
+
+
+def goal_progress(metric: str, actual: Decimal | int, target: Decimal, period: Period, now: datetime) -> dict[str, Any]:
+    """actual against target over the goal's period, as of `now`: what was expected by now
+    (target × the elapsed share), the pace (actual / expected), where the pace leads
+    (actual / elapsed share). Computed unrounded; money in 2 places, the rest in 4; null on /0."""
+    actual, share = Decimal(actual), elapsed_share(period, now)
+    expected = target * share
+    pace = actual / expected if expected else None
+    projected = actual / share if share else None
+
+    is_money = metric in MONEY_METRICS
+
+    def count(value: Decimal) -> str | int | None:  # an actual or a target: a count is whole
+        return money(value) if is_money else int(value)
+
+    def estimate(value: Decimal | None) -> str | float | None:  # a share of one
+        return money(value) if is_money else rounded(value)
+
+    return {
+        "actual": count(actual),
+        "target": count(target),
+        "attainment": ratio(actual, target),
+        "expected_to_date": estimate(expected),
+        "pace": rounded(pace),
+        "projected": estimate(projected),
+        "status": goal_status(actual, target, pace, period, now),
+    }

@@ -1,9 +1,11 @@
-"""The metrics read use cases: each report computed on one consistent snapshot of the
-projection (the caller's read-only, repeatable-read transaction). The projection itself is
-written by the event handlers (services/metrics/handlers.py)."""
+"""The metrics use cases. Reports are computed on one consistent snapshot of the projection
+(the caller's read-only, repeatable-read transaction); the projection itself is written by
+the event handlers (services/metrics/handlers.py). Shared goals are the one state metrics
+owns and changes through its API."""
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,8 +13,23 @@ from typing import Any
 
 import asyncpg
 
+from shared.errors import NotFound
+from shared.pagination import page_of
+from shared.uow import unit_of_work
+
 from . import store
-from .domain import AttributionModel, BreakdownBy, Filters, Interval, Period, RawAggregates, kpis
+from .domain import (
+    GOAL_QUERIES,
+    AttributionModel,
+    BreakdownBy,
+    Filters,
+    Interval,
+    Period,
+    RawAggregates,
+    goal_actual,
+    goal_progress,
+    kpis,
+)
 
 
 @dataclass(frozen=True)
@@ -169,3 +186,66 @@ async def feedback_report(
         ],
         "as_of": iso(state.as_of),
     }
+
+
+# --- shared goals ---------------------------------------------------------------------
+
+
+async def goal_view(conn: asyncpg.Connection, goal: asyncpg.Record, currency: str, clock: Clock) -> dict[str, Any]:
+    """A goal with its progress: its actual counted as /v1/kpis counts that KPI (first-touch
+    attribution, the goal's period and filters), as of the clock's now."""
+    period, metric = Period(goal["starts_at"], goal["ends_at"]), goal["metric"]
+    groups = await store.kpi_aggregates(
+        conn, [period], Filters(goal["campaign_id"], goal["channel"]), "first_touch", currency,
+        now=clock.now, sla=clock.sla, only=GOAL_QUERIES[metric],
+    )  # fmt: skip
+    actual = goal_actual(metric, groups.get((0, None), RawAggregates()))
+    progress = goal_progress(metric, actual, goal["target"], period, clock.now)
+    return {
+        "goal_id": str(goal["goal_id"]),
+        "name": goal["name"],
+        "team": goal["team"],
+        "metric": metric,
+        "target": progress["target"],
+        "from": iso(period.start),
+        "to": iso(period.end),
+        "campaign_id": goal["campaign_id"],
+        "channel": goal["channel"],
+        "currency": currency,
+        "created_at": iso(goal["created_at"]),
+        "updated_at": iso(goal["updated_at"]),
+        "progress": progress,
+    }
+
+
+async def put_goal(
+    pool: asyncpg.Pool, goal_id: uuid.UUID, spec: store.GoalSpec, currency: str, clock: Clock
+) -> tuple[dict[str, Any], bool]:
+    """Create or replace a goal; returns (the goal with its progress, created)."""
+    async with unit_of_work(pool) as uow:
+        goal, created = await store.put_goal(uow.conn, goal_id, spec)
+        return await goal_view(uow.conn, goal, currency, clock), created
+
+
+async def delete_goal(pool: asyncpg.Pool, goal_id: uuid.UUID) -> None:
+    async with unit_of_work(pool) as uow:
+        if not await store.delete_goal(uow.conn, goal_id):
+            raise NotFound(f"no goal {goal_id}")
+
+
+async def goal_report(conn: asyncpg.Connection, goal_id: uuid.UUID, currency: str, clock: Clock) -> dict[str, Any]:
+    goal = await store.get_goal(conn, goal_id)
+    if goal is None:
+        raise NotFound(f"no goal {goal_id}")
+    return await goal_view(conn, goal, currency, clock)
+
+
+async def goals_page(
+    conn: asyncpg.Connection, active_at: datetime | None, team: str | None,
+    after: tuple[datetime, uuid.UUID] | None, limit: int, currency: str, clock: Clock,
+) -> dict[str, Any]:  # fmt: skip
+    rows, next_cursor = page_of(
+        await store.list_goals(conn, active_at, team, after, limit + 1), limit,
+        lambda r: (r["created_at"], r["goal_id"]),
+    )  # fmt: skip
+    return {"items": [await goal_view(conn, row, currency, clock) for row in rows], "next_cursor": next_cursor}

@@ -904,3 +904,85 @@ async def sales_feedback(
         [FeedbackCount(r["campaign_id"], r["value"], r["n"]) for r in reasons if not r["rejection"]],
         [ObjectionCount(r["outcome"], r["key"], r["text"], r["n"]) for r in objections],
     )
+
+
+# --- shared goals (schema metrics_state: migrations/005_goals.sql) ----------------------
+
+_GOAL_COLUMNS = "goal_id, name, team, metric, target, starts_at, ends_at, campaign_id, channel, created_at, updated_at"
+
+
+@dataclass(frozen=True)
+class GoalSpec:
+    """A goal as PUT sets it."""
+
+    name: str
+    team: str
+    metric: str
+    target: Decimal
+    starts_at: datetime
+    ends_at: datetime
+    campaign_id: str | None
+    channel: str | None
+
+
+async def goals_version(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT version FROM metrics_state.goals_version WHERE id = 1")
+
+
+async def get_goal(conn: asyncpg.Connection, goal_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_GOAL_COLUMNS} FROM metrics_state.goals WHERE goal_id = $1", goal_id)
+
+
+async def put_goal(conn: asyncpg.Connection, goal_id: uuid.UUID, spec: GoalSpec) -> tuple[asyncpg.Record, bool]:
+    """Create or replace; returns (the goal, created). Writing what is already there changes
+    nothing (not even updated_at or the version): PUT is idempotent."""
+    row = await conn.fetchrow(
+        f"""WITH written AS (
+                INSERT INTO metrics_state.goals AS g (goal_id, name, team, metric, target, starts_at, ends_at,
+                                                      campaign_id, channel)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT (goal_id) DO UPDATE SET
+                    name = EXCLUDED.name, team = EXCLUDED.team, metric = EXCLUDED.metric, target = EXCLUDED.target,
+                    starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at, campaign_id = EXCLUDED.campaign_id,
+                    channel = EXCLUDED.channel, updated_at = now()
+                WHERE (g.name, g.team, g.metric, g.target, g.starts_at, g.ends_at, g.campaign_id, g.channel)
+                      IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.team, EXCLUDED.metric, EXCLUDED.target,
+                                        EXCLUDED.starts_at, EXCLUDED.ends_at, EXCLUDED.campaign_id, EXCLUDED.channel)
+                RETURNING {_GOAL_COLUMNS}, xmax = 0 AS created
+            ), bumped AS (
+                UPDATE metrics_state.goals_version SET version = version + 1
+                WHERE id = 1 AND EXISTS (SELECT FROM written)
+            )
+            SELECT * FROM written""",
+        goal_id, spec.name, spec.team, spec.metric, spec.target, spec.starts_at, spec.ends_at, spec.campaign_id,
+        spec.channel,
+    )  # fmt: skip
+    if row is None:  # unchanged
+        return await get_goal(conn, goal_id), False
+    return row, row["created"]
+
+
+async def delete_goal(conn: asyncpg.Connection, goal_id: uuid.UUID) -> bool:
+    deleted = await conn.fetchval(
+        """WITH gone AS (DELETE FROM metrics_state.goals WHERE goal_id = $1 RETURNING goal_id),
+                bumped AS (UPDATE metrics_state.goals_version SET version = version + 1
+                           WHERE id = 1 AND EXISTS (SELECT FROM gone))
+           SELECT count(*) FROM gone""",
+        goal_id,
+    )
+    return bool(deleted)
+
+
+async def list_goals(
+    conn: asyncpg.Connection, active_at: datetime | None, team: str | None,
+    after: tuple[datetime, uuid.UUID] | None, limit: int,
+) -> list[asyncpg.Record]:  # fmt: skip
+    """Oldest first on (created_at, goal_id); `active_at`: goals whose period holds it."""
+    return await conn.fetch(
+        f"""SELECT {_GOAL_COLUMNS} FROM metrics_state.goals
+            WHERE ($1::timestamptz IS NULL OR (starts_at <= $1 AND $1 < ends_at))
+              AND ($2::text IS NULL OR team = $2)
+              AND ($3::timestamptz IS NULL OR (created_at, goal_id) > ($3, $4::uuid))
+            ORDER BY created_at, goal_id LIMIT $5""",
+        active_at, team, after[0] if after else None, after[1] if after else None, limit,
+    )  # fmt: skip

@@ -109,3 +109,31 @@ async def test_a_rebuild_replays_the_topics_and_switches_over_without_losing_or_
         assert live_clicks == 600
         assert old_clicks < 600
         assert "metrics_rebuild" not in schemas
+
+
+async def test_goals_come_through_a_rebuild_as_they_are(make_settings, topic_prefix):
+    async with running_metrics(make_settings, topic_prefix) as metrics:
+        await metrics.send(traffic(50, "02"))
+        metrics.clock_at(at("2025-03-20"))
+        goal = {"name": "March leads", "team": "marketing", "metric": "leads_generated", "target": 10, **MARCH}
+        goal_id = uuid.uuid4()
+        created = await metrics.client.put(f"/v1/goals/{goal_id}", json=goal, headers=AUTH)
+        assert created.status_code == 201 and created.json()["progress"]["actual"] == 5
+
+        outcome = await rebuild(metrics.app.state.settings)
+        assert outcome.switched, outcome
+
+        after = await metrics.client.get(f"/v1/goals/{goal_id}", headers=AUTH)
+        assert after.status_code == 200 and after.json() == created.json()
+        other = uuid.uuid4()
+        written = await metrics.client.put(f"/v1/goals/{other}", json={**goal, "target": 4}, headers=AUTH)
+        assert written.status_code == 201 and written.json()["progress"]["status"] == "achieved"
+        listed = (await metrics.client.get("/v1/goals", headers=AUTH)).json()["items"]
+        assert [g["goal_id"] for g in listed] == [str(goal_id), str(other)]
+        # Goals are not part of the projection: neither schema of it holds them.
+        conn = await asyncpg.connect(metrics.app.state.settings.database_url)
+        try:
+            tables = await conn.fetch("SELECT table_schema FROM information_schema.tables WHERE table_name = 'goals'")
+        finally:
+            await conn.close()
+        assert [t["table_schema"] for t in tables] == ["metrics_state"]

@@ -13,8 +13,10 @@ from services.metrics.domain import (
     RawAggregates,
     bucket_periods,
     cut_hours,
+    elapsed_share,
     etag,
     etag_matches,
+    goal_progress,
     kpis,
     parse_instant,
     resolve_period,
@@ -152,3 +154,42 @@ def test_etags_follow_state_and_question():
     assert etag_matches(tag, tag) and etag_matches(tag.removeprefix("W/"), tag)
     assert etag_matches(f'"x", {tag}', tag) and etag_matches("*", tag)
     assert not etag_matches(None, tag) and not etag_matches('"x"', tag)
+
+
+# A 30-day goal (April 2025): 10 days elapsed on April 11, 00:00 is a third of it.
+APRIL = Period(utc(2025, 4, 1), utc(2025, 5, 1))
+
+
+def test_goal_progress_mid_period_by_pace():
+    assert elapsed_share(APRIL, utc(2025, 4, 11)) == Decimal(1) / 3
+    # 30 MQLs targeted, 10 expected by now: 12 is on track, 8 at risk, 7 behind.
+    assert goal_progress("mql", 12, Decimal(30), APRIL, utc(2025, 4, 11)) == {
+        "actual": 12, "target": 30, "attainment": 0.4, "expected_to_date": 10.0, "pace": 1.2,
+        "projected": 36.0, "status": "on_track",
+    }  # fmt: skip
+    at_risk = goal_progress("mql", 8, Decimal(30), APRIL, utc(2025, 4, 11))
+    assert (at_risk["pace"], at_risk["projected"], at_risk["status"]) == (0.8, 24.0, "at_risk")
+    behind = goal_progress("mql", 7, Decimal(30), APRIL, utc(2025, 4, 11))
+    assert (behind["pace"], behind["status"]) == (0.7, "behind")
+    # Unrounded: 10 of 100 after 11.5 days expects 38.3333..., a pace of 0.2609.
+    odd = goal_progress("sql", 10, Decimal(100), APRIL, utc(2025, 4, 12, 12))
+    assert (odd["expected_to_date"], odd["pace"], odd["projected"]) == (38.3333, 0.2609, 26.087)
+
+
+def test_goal_progress_in_money_reached_missed_and_not_started():
+    revenue = goal_progress("revenue", Decimal("2500.00"), Decimal("9000.00"), APRIL, utc(2025, 4, 16))
+    assert revenue == {
+        "actual": "2500.00", "target": "9000.00", "attainment": 0.2778, "expected_to_date": "4500.00",
+        "pace": 0.5556, "projected": "5000.00", "status": "behind",
+    }  # fmt: skip
+    achieved = goal_progress("revenue", Decimal("9000.00"), Decimal("9000.00"), APRIL, utc(2025, 4, 2))
+    assert achieved["status"] == "achieved" and achieved["attainment"] == 1.0
+    # After the period: expected = target, projected = actual; short of the target is missed.
+    over = goal_progress("deals_won", 9, Decimal(10), APRIL, utc(2025, 5, 3))
+    assert over == {"actual": 9, "target": 10, "attainment": 0.9, "expected_to_date": 10.0, "pace": 0.9,
+                    "projected": 9.0, "status": "missed"}  # fmt: skip
+    assert goal_progress("deals_won", 11, Decimal(10), APRIL, utc(2025, 5, 3))["status"] == "achieved"
+    # Before it: nothing expected yet, so no pace and no projection.
+    early = goal_progress("pipeline_created", Decimal(0), Decimal("500.00"), APRIL, utc(2025, 3, 20))
+    assert early == {"actual": "0.00", "target": "500.00", "attainment": 0.0, "expected_to_date": "0.00",
+                     "pace": None, "projected": None, "status": "not_started"}  # fmt: skip
