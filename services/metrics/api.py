@@ -532,6 +532,45 @@ async def delete_goal(goal_id: uuid.UUID, pool: DbPool) -> Response:
     return Response(status_code=204)
 
 
+# --- the handoffs past their SLA -------------------------------------------------------
+
+
+class OverdueHandoff(BaseModel):
+    deal_id: uuid.UUID
+    lead_id: uuid.UUID
+    campaign_id: str | None = Field(description="of the lead's chosen touch (null: unattributed)")
+    channel: str | None
+    created_at: datetime = Field(description="when the handoff was made")
+    hours_waiting: float = Field(description="now - created_at, in hours (4 places)")
+
+
+class OverduePage(Page[OverdueHandoff]):
+    sla_accept_hours: float = Field(description="EMBUDO_SLA_ACCEPT_HOURS")
+    now: datetime = Field(description="what the waiting is measured to (the request's minute)")
+    filters: FiltersOut
+    attribution: AttributionModel
+
+
+OverdueCursor = cursor_param(datetime, uuid.UUID)
+
+
+@router.get("/sla/overdue", responses=answers(OverduePage))
+async def list_overdue_handoffs(
+    request: Request, pool: DbPool, settings: Settings, now: Now, campaign_id: CampaignId = None,
+    channel: Channel = None, attribution: Attribution = "first_touch",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: OverdueCursor = None,
+) -> Response:  # fmt: skip
+    """The handoffs still waiting for sales' answer past the SLA, oldest first: a sales
+    manager's work queue (docs/kpis.md)."""
+    filters, clock = Filters(campaign_id, channel), clock_of(now, settings)
+    after = decode_cursor(cursor, datetime, uuid.UUID) if cursor else None
+
+    async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
+        return await service.overdue_page(conn, filters, attribution, after, limit, clock)
+
+    return await conditional_get(request, pool, (filters, attribution, after, limit, clock.now), compute)
+
+
 # --- the dashboard --------------------------------------------------------------------
 
 

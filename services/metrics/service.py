@@ -29,6 +29,7 @@ from .domain import (
     goal_actual,
     goal_progress,
     kpis,
+    rounded,
 )
 
 
@@ -249,3 +250,35 @@ async def goals_page(
         lambda r: (r["created_at"], r["goal_id"]),
     )  # fmt: skip
     return {"items": [await goal_view(conn, row, currency, clock) for row in rows], "next_cursor": next_cursor}
+
+
+# --- the handoffs past their SLA --------------------------------------------------------
+
+
+async def overdue_page(
+    conn: asyncpg.Connection, filters: Filters, attribution: AttributionModel,
+    after: tuple[datetime, uuid.UUID] | None, limit: int, clock: Clock,
+) -> dict[str, Any]:  # fmt: skip
+    """A sales manager's work queue: the handoffs waiting past the SLA, oldest first."""
+    rows, next_cursor = page_of(
+        await store.overdue_handoffs(conn, filters, attribution, clock.now, clock.sla, after, limit + 1), limit,
+        lambda r: (r["created_at"], r["deal_id"]),
+    )  # fmt: skip
+    return {
+        "items": [
+            {
+                "deal_id": str(r["deal_id"]),
+                "lead_id": str(r["lead_id"]),
+                "campaign_id": r["campaign_id"],
+                "channel": r["channel"],
+                "created_at": iso(r["created_at"]),
+                "hours_waiting": rounded((clock.now - r["created_at"]) / timedelta(hours=1)),
+            }
+            for r in rows
+        ],
+        "next_cursor": next_cursor,
+        "sla_accept_hours": clock.sla / timedelta(hours=1),
+        "now": iso(clock.now),
+        "filters": filters.as_dict(),
+        "attribution": attribution,
+    }

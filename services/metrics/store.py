@@ -986,3 +986,27 @@ async def list_goals(
             ORDER BY created_at, goal_id LIMIT $5""",
         active_at, team, after[0] if after else None, after[1] if after else None, limit,
     )  # fmt: skip
+
+
+# --- the handoffs past their SLA (migrations/006_pending_handoffs.sql) ------------------
+
+
+async def overdue_handoffs(
+    conn: asyncpg.Connection, filters: Filters, attribution: AttributionModel, now: datetime, sla: timedelta,
+    after: tuple[datetime, uuid.UUID] | None, limit: int,
+) -> list[asyncpg.Record]:  # fmt: skip
+    """Handoffs not answered (accepted, rejected, won or lost) and created more than `sla`
+    before `now`, oldest first on (created_at, deal_id), with their lead's campaign/channel."""
+    prefix = "first" if attribution == "first_touch" else "last"
+    return await conn.fetch(
+        f"""SELECT d.deal_id, d.lead_id, d.created_at, l.{prefix}_campaign_id AS campaign_id,
+                   l.{prefix}_channel AS channel
+            FROM deals d JOIN leads l USING (lead_id)
+            WHERE d.handoff AND d.accepted_at IS NULL AND d.rejected_at IS NULL AND d.won_at IS NULL
+              AND d.lost_at IS NULL AND d.created_at < $1::timestamptz - $2::interval
+              AND ($3::timestamptz IS NULL OR (d.created_at, d.deal_id) > ($3, $4::uuid))
+              AND {_lead_filter(attribution, campaign_param=5)}
+            ORDER BY d.created_at, d.deal_id LIMIT $7""",
+        now, sla, after[0] if after else None, after[1] if after else None, filters.campaign_id, filters.channel,
+        limit,
+    )  # fmt: skip

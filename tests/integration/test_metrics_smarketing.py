@@ -71,6 +71,7 @@ async def april(make_settings, topic_prefix):
         # Reverse order (deal events before their leads, answers before handoffs), some twice.
         await metrics.send(list(reversed(events)) + events[::3])
         metrics.clock_at(NOW)
+        metrics.events = events
         yield metrics
 
 
@@ -251,3 +252,28 @@ async def test_feedback_rejection_and_disqualification_reasons_and_objections_by
     only_c2 = await april.kpis("/v1/feedback", **APRIL, campaign_id="c2")
     assert [o["key"] for o in only_c2["objections_by_outcome"]["open"]] == ["integration", "price"]
     assert only_c2["objections_by_outcome"]["lost"] == [] and only_c2["disqualifications"] == 1
+
+
+async def test_the_overdue_queue_oldest_first(april):
+    created = {e.data.created_at: e.data for e in april.events if e.type == "deal.created"}
+    hc2, hd = created[at("2025-04-10T08:00")], created[at("2025-04-19T20:00")]
+    queue = await april.kpis("/v1/sla/overdue")
+    assert queue == {
+        "items": [{"deal_id": str(hc2.deal_id), "lead_id": str(hc2.lead_id), "campaign_id": "c2",
+                   "channel": "email", "created_at": "2025-04-10T08:00:00Z", "hours_waiting": 244.0}],
+        "next_cursor": None, "sla_accept_hours": 24.0, "now": "2025-04-20T12:00:00Z",
+        "filters": {"campaign_id": None, "channel": None}, "attribution": "first_touch",
+    }  # fmt: skip
+
+    april.clock_at(at("2025-04-20T20:01"))  # HD's 24 h are over too
+    first = await april.kpis("/v1/sla/overdue", limit=1)
+    assert [(i["deal_id"], i["hours_waiting"]) for i in first["items"]] == [(str(hc2.deal_id), 252.0167)]
+    rest = await april.kpis("/v1/sla/overdue", limit=1, cursor=first["next_cursor"])
+    assert [(i["deal_id"], i["hours_waiting"]) for i in rest["items"]] == [(str(hd.deal_id), 24.0167)]
+    assert rest["next_cursor"] is None
+    assert [i["deal_id"] for i in (await april.kpis("/v1/sla/overdue", campaign_id="c1"))["items"]] == [str(hd.deal_id)]
+
+    # Answered, it leaves the queue.
+    lead = Lead([("c1", "cpc", at("2025-04-05"))], lead_id=hd.lead_id)
+    await april.send([lead.accepted(hd.deal_id, at("2025-04-20T20:00"))])
+    assert [i["deal_id"] for i in (await april.kpis("/v1/sla/overdue"))["items"]] == [str(hc2.deal_id)]
