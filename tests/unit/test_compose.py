@@ -1,5 +1,6 @@
-"""docker-compose.yml can't run here (no Docker engine), so check it against the code:
-the services, their ports, and that every EMBUDO_* variable it sets is a real setting."""
+"""docker-compose.yml checked against the code without running it (tests/e2e/test_compose.py
+runs it): the services, their ports, every EMBUDO_* variable it sets is a real setting, and
+what users may change from the environment (published ports, images) defaults to what it was."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PORTS = {"ingest": 8001, "leads": 8002, "sales": 8003, "metrics": 8004}
 # Read by the Dockerfile's command, not by the settings.
 IMAGE_VARIABLES = {"EMBUDO_SERVICE", "PORT"}
+# "127.0.0.1:${EMBUDO_INGEST_HOST_PORT:-8001}:8001": localhost only, the host port movable.
+PUBLISHED = re.compile(r"^127\.0\.0\.1:\$\{(EMBUDO_[A-Z]+_HOST_PORT):-(\d+)\}:(\d+)$")
+
+
+def published(service: str) -> list[tuple[str, int, int]]:
+    """(variable, default host port, container port) of each published port."""
+    ports = []
+    for entry in COMPOSE["services"][service].get("ports", []):
+        match = PUBLISHED.match(entry)
+        assert match, f"{service}: {entry!r} should look like 127.0.0.1:${{EMBUDO_<NAME>_HOST_PORT:-<port>}}:<port>"
+        ports.append((match[1], int(match[2]), int(match[3])))
+    return ports
 
 
 def settings_class(service: str) -> type[ServiceSettings]:
@@ -36,7 +49,7 @@ def test_each_service_is_built_and_published_on_its_port(service):
     assert spec["build"]["dockerfile"] == "deploy/Dockerfile"
     assert spec["environment"]["EMBUDO_SERVICE"] == service
     assert spec["environment"]["PORT"] == str(PORTS[service])
-    assert f"{PORTS[service]}:{PORTS[service]}" in spec["ports"]
+    assert published(service) == [(f"EMBUDO_{service.upper()}_HOST_PORT", PORTS[service], PORTS[service])]
     assert spec["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
@@ -63,7 +76,44 @@ def test_infrastructure_has_healthchecks_and_the_broker_does_not_auto_create_top
     kafka, postgres = COMPOSE["services"]["kafka"], COMPOSE["services"]["postgres"]
     assert kafka["healthcheck"]["test"] and postgres["healthcheck"]["test"]
     assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert re.match(r"apache/kafka:4\.", kafka["image"])
+    assert re.fullmatch(r"\$\{KAFKA_IMAGE:-apache/kafka:4\.[0-9.]+\}", kafka["image"])
+    assert postgres["image"] == "${POSTGRES_IMAGE:-postgres:16}"
+
+
+@pytest.mark.parametrize(("service", "port"), [("kafka", 9092), ("postgres", 5432)])
+def test_the_broker_and_the_database_publish_their_usual_port_on_localhost(service, port):
+    assert published(service) == [(f"EMBUDO_{service.upper()}_HOST_PORT", port, port)]
+
+
+def test_the_broker_is_healthy_when_it_answers_on_the_services_listener():
+    check = " ".join(COMPOSE["services"]["kafka"]["healthcheck"]["test"])
+    assert "kafka-broker-api-versions.sh --bootstrap-server localhost:19092" in check
+    assert "INTERNAL://kafka:19092" in COMPOSE["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_the_host_reaches_the_broker_at_the_port_it_is_published_on():
+    advertised = COMPOSE["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    listeners = dict(listener.split("://") for listener in advertised.split(","))
+    assert listeners["EXTERNAL"] == "127.0.0.1:${EMBUDO_KAFKA_HOST_PORT:-9092}"
+
+
+def test_the_services_image_is_built_from_a_configurable_python_image_by_default_the_official_one():
+    assert COMPOSE["x-service"]["build"]["args"] == ["EMBUDO_PYTHON_IMAGE"]
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text().splitlines()
+    assert "ARG EMBUDO_PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    assert [line for line in dockerfile if line.startswith("FROM ")] == ["FROM ${EMBUDO_PYTHON_IMAGE}"]
+
+
+def test_the_stand_in_images_never_carry_the_official_names():
+    """tests/conftest.py uses testcontainers when the engine has the official images."""
+    from tests import conftest
+
+    script = (ROOT / "deploy/docker/docker.sh").read_text()
+    names = dict(re.findall(r"^(PYTHON_IMAGE|POSTGRES_IMAGE|KAFKA_IMAGE)=\"?([^\s\"]+)", script, re.MULTILINE))
+    assert set(names) == {"PYTHON_IMAGE", "POSTGRES_IMAGE", "KAFKA_IMAGE"}
+    for name in names.values():
+        assert name.startswith("embudo-standin/")
+        assert name not in {conftest.KAFKA_IMAGE, conftest.POSTGRES_IMAGE}
 
 
 def test_make_dev_uses_the_same_ports_as_compose():
