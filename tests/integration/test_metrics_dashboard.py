@@ -30,6 +30,8 @@ def shown(value, kind: str, currency: str = "EUR") -> str:
         return f"{value * 100:.2f}%"
     if kind == "days":
         return f"{value:.1f} d"
+    if kind == "hours":
+        return f"{value:.1f} h"
     if kind == "number":
         return f"{value:.2f}"
     return str(value)
@@ -132,3 +134,123 @@ async def test_dashboard_shows_the_api_numbers_and_updates_after_new_events(make
         await eventually(saw_not_modified, timeout=10)
         assert not errors, errors
         assert all(status in (200, 304) for _, status in statuses), statuses
+
+
+def goal_text(goal: dict) -> str:
+    """How dashboard.js captions a goal's progress bar."""
+
+    def amount(value) -> str:
+        if value is None:
+            return "–"
+        if goal["metric"] in ("revenue", "pipeline_created"):
+            return f"{value} {goal['currency']}"
+        return str(value) if isinstance(value, int) else f"{value:.1f}"
+
+    p = goal["progress"]
+    return (f"{amount(p['actual'])} / {amount(p['target'])} · expected {amount(p['expected_to_date'])} · "
+            f"pace {shown(p['pace'], 'number')} · projected {amount(p['projected'])}")  # fmt: skip
+
+
+async def test_dashboard_shows_goals_the_sla_its_overdue_queue_the_pipeline_and_feedback(
+    make_settings, topic_prefix, browser
+):  # fmt: skip
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    today = datetime.combine(now.date(), datetime.min.time(), UTC)
+    ana, bo, cy, di, ed = (Lead([("spring", "cpc", now - timedelta(days=6))]) for _ in range(5))
+    fe = Lead([("news", "email", now - timedelta(days=6))])
+    handoffs = {name: uuid.uuid4() for name in ("ana", "bo", "cy", "di", "fe")}
+    won, lost = uuid.uuid4(), uuid.uuid4()
+    events = [
+        # ana: accepted in 2 h and worked on (an amount, expected to close in the period); bo:
+        # waiting 2 days (overdue); cy: waiting 5 h; di: rejected; fe: accepted after 30 h.
+        *(lead.created() for lead in (ana, bo, cy, di, ed, fe)),
+        ana.deal_created(handoffs["ana"], now - timedelta(days=3), handoff=True, probability=0.2),
+        ana.accepted(handoffs["ana"], now - timedelta(days=3) + timedelta(hours=2)),
+        ana.details_changed(handoffs["ana"], now - timedelta(days=2), "4000.00", (now + timedelta(days=1)).date()),
+        bo.deal_created(handoffs["bo"], now - timedelta(days=2), handoff=True, probability=0.2),
+        cy.deal_created(handoffs["cy"], now - timedelta(hours=5), handoff=True, probability=0.2),
+        di.deal_created(handoffs["di"], now - timedelta(days=4), handoff=True, probability=0.2),
+        di.rejected(handoffs["di"], now - timedelta(days=4) + timedelta(hours=1), "not a fit"),
+        fe.deal_created(handoffs["fe"], now - timedelta(days=5), handoff=True, probability=0.2),
+        fe.accepted(handoffs["fe"], now - timedelta(days=5) + timedelta(hours=30)),
+        fe.objections_recorded(handoffs["fe"], now - timedelta(days=4), [("price", "Too expensive")]),
+        ed.stage("disqualified", now - timedelta(days=5), reason="student"),
+        ed.deal_created(won, now - timedelta(days=5), amount="900.00", probability=0.5),
+        ed.won(won, now - timedelta(days=1), "900.00"),
+        ed.deal_created(lost, now - timedelta(days=5)),
+        ed.lost(lost, now - timedelta(days=2), "price", normalised=[("price", "too pricey"), ("timing", "not now")]),
+    ]  # fmt: skip
+    period = {
+        "from": (today - timedelta(days=10)).date().isoformat(),
+        "to": (today + timedelta(days=20)).date().isoformat(),
+    }
+    async with running_metrics(make_settings, topic_prefix, http=True, dashboard_poll_seconds=0.5) as metrics:
+        metrics.clock_at(now)
+        await metrics.send(events)
+        goals = {
+            "mql": {"name": "MQLs", "team": "marketing", "metric": "mql", "target": 20, **period},
+            "revenue": {"name": "Revenue", "team": "sales", "metric": "revenue", "target": "1000.00", **period},
+            "later": {"name": "Next quarter", "team": "sales", "metric": "deals_won", "target": 5,
+                      "from": (today + timedelta(days=60)).date().isoformat(),
+                      "to": (today + timedelta(days=150)).date().isoformat()},
+        }  # fmt: skip
+        ids = {name: uuid.uuid4() for name in goals}
+        for name, body in goals.items():
+            assert (await metrics.client.put(f"/v1/goals/{ids[name]}", json=body, headers=AUTH)).status_code == 201
+        api = (await metrics.client.get("/v1/kpis", headers=AUTH)).json()
+        assert (api["sla"]["handoffs"], api["sla"]["pending_overdue"], api["pipeline"]["open_deals"]) == (5, 1, 4)
+        queue = (await metrics.client.get("/v1/sla/overdue", headers=AUTH)).json()
+        assert [item["deal_id"] for item in queue["items"]] == [str(handoffs["bo"])]
+        active = (await metrics.client.get("/v1/goals", params={"active_at": now.isoformat()}, headers=AUTH)).json()
+        assert [g["goal_id"] for g in active["items"]] == [str(ids["mql"]), str(ids["revenue"])]
+
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(str(metrics.client.base_url.join("/")))
+        await page.fill("#token", TOKEN)
+        await page.click("#save-token")
+        await expect(page.locator('.tile[data-kpi="sla.handoffs"] .value')).to_have_text("5", timeout=WAIT_MS)
+
+        # Every tile (the SLA, the pipeline and the forecast among them) shows the API's number.
+        tiles = page.locator(".tile")
+        for i in range(await tiles.count()):
+            tile = tiles.nth(i)
+            name, kind = await tile.get_attribute("data-kpi"), await tile.get_attribute("data-format")
+            await expect(tile.locator(".value")).to_have_text(shown(kpi(api, name), kind))
+
+        # The goals running now, per team, with their bars, numbers and status.
+        for goal in active["items"]:
+            item = page.locator(f'#goals .team[data-team="{goal["team"]}"] li[data-goal="{goal["goal_id"]}"]')
+            await expect(item.locator(".goal-numbers")).to_have_text(goal_text(goal))
+            await expect(item.locator(".goal-status")).to_have_text(goal["progress"]["status"].replace("_", " "))
+            await expect(item).to_have_attribute("data-status", goal["progress"]["status"])
+        await expect(page.locator("#goals li.goal")).to_have_count(2)  # next quarter's is not running
+        revenue = next(g for g in active["items"] if g["metric"] == "revenue")
+        assert (revenue["progress"]["actual"], revenue["progress"]["status"]) == ("900.00", "on_track")  # ed's win
+        width = await page.locator(f'li[data-goal="{ids["revenue"]}"] .fill').evaluate("e => e.style.width")
+        assert float(width.removesuffix("%")) == pytest.approx(90)
+
+        # The overdue queue, and the feedback lists.
+        await expect(page.locator("#overdue tbody tr")).to_have_count(1)
+        row = page.locator(f'#overdue tbody tr[data-deal="{handoffs["bo"]}"] td')
+        await expect(row.nth(0)).to_have_text(shown(queue["items"][0]["hours_waiting"], "hours"))  # 48.0 h
+        await expect(page.locator("#sla-hours")).to_have_text("(24 h)")
+        await expect(page.locator("#rejection-reasons li")).to_have_text(["not a fit — 1"])
+        await expect(page.locator("#disqualification-reasons li")).to_have_text(["student — 1"])
+        await expect(page.locator("#objections-lost li")).to_have_text(
+            ["price — 1: too pricey (1)", "timing — 1: not now (1)"]
+        )
+        await expect(page.locator("#objections-open li")).to_have_text(["price — 1: Too expensive (1)"])
+        await expect(page.locator("#objections-won li")).to_have_count(0)
+
+        # Sales answers bo and a goal is raised: the page follows.
+        await metrics.send([bo.accepted(handoffs["bo"], now - timedelta(minutes=1))])
+        await metrics.client.put(f"/v1/goals/{ids['mql']}", json={**goals["mql"], "target": 40}, headers=AUTH)
+        await expect(page.locator("#overdue tbody tr")).to_have_count(0, timeout=WAIT_MS)
+        await expect(page.locator('.tile[data-kpi="sla.pending_overdue"] .value')).to_have_text("0", timeout=WAIT_MS)
+        raised = (await metrics.client.get(f"/v1/goals/{ids['mql']}", headers=AUTH)).json()
+        await expect(page.locator(f'li[data-goal="{ids["mql"]}"] .goal-numbers')).to_have_text(
+            goal_text(raised), timeout=WAIT_MS
+        )
+        assert not errors, errors

@@ -26,18 +26,19 @@ class ApiError extends Error {
   }
 }
 
-// GET with the cached ETag; returns {body, changed}.
-async function getJson(url) {
-  const cached = cache.get(url);
+// GET with the cached ETag; returns {body, changed}. `slot` names the cache entry (default:
+// the URL), so a URL that changes over time (the goals' moment) keeps one entry, not one each.
+async function getJson(url, slot = url) {
+  const cached = cache.get(slot);
   const headers = { Authorization: `Bearer ${token}`, Accept: "application/json" };
-  if (cached) headers["If-None-Match"] = cached.etag;
+  if (cached && cached.url === url) headers["If-None-Match"] = cached.etag;
   const response = await fetch(url, { headers, cache: "no-store" });
   if (response.status === 304 && cached) return { body: cached.body, changed: false };
   let body = null;
   try { body = await response.json(); } catch (_) { /* not JSON */ }
   if (!response.ok) throw new ApiError(response.status, body);
   const etag = response.headers.get("ETag");
-  if (etag) cache.set(url, { etag, body });
+  if (etag) cache.set(slot, { url, etag, body });
   return { body, changed: true };
 }
 
@@ -74,6 +75,7 @@ function format(value, kind) {
     case "money": return `${value} ${currency}`;
     case "ratio": return `${(value * 100).toFixed(2)}%`;
     case "days": return `${value.toFixed(1)} d`;
+    case "hours": return `${value.toFixed(1)} h`;
     case "number": return value.toFixed(2);
     default: return String(value);
   }
@@ -176,14 +178,91 @@ function renderList(list, items, nameKey) {
   list.replaceChildren(...items.map((item) => cell("li", `${item[nameKey]} — ${item.count}`)));
 }
 
+function renderObjections(list, keyed) {
+  list.replaceChildren(...keyed.map((item) => cell(
+    "li", `${item.key} — ${item.count}: ` + item.texts.map((t) => `${t.text} (${t.count})`).join(", "),
+  )));
+}
+
 function renderFeedback(feedback) {
   renderList($("lost-reasons"), feedback.lost_reasons, "reason");
   renderList($("objections"), feedback.objections, "objection");
+  renderList($("rejection-reasons"), feedback.rejection_reasons, "reason");
+  renderList($("disqualification-reasons"), feedback.disqualification_reasons, "reason");
+  for (const outcome of ["lost", "won", "open"]) {
+    renderObjections($(`objections-${outcome}`), feedback.objections_by_outcome[outcome]);
+  }
   $("feedback-campaigns").replaceChildren(...feedback.campaigns.map((c) => cell(
     "li",
     `${c.campaign_id ?? "(unattributed)"}: ${c.deals_lost} lost — ` +
       c.objections.map((o) => `${o.objection} (${o.count})`).join(", "),
   )));
+}
+
+const MONEY_METRICS = new Set(["revenue", "pipeline_created"]);
+const METRIC_NAMES = {
+  leads_generated: "Leads", mql: "MQLs reached", sql: "SQLs reached", opportunities: "Opportunities reached",
+  new_customers: "New customers", deals_won: "Deals won", revenue: "Revenue", pipeline_created: "Pipeline created",
+};
+
+// A goal's numbers as the progress bar's caption: "actual / target", in money or a count.
+function goalAmount(goal, value) {
+  if (value === null || value === undefined) return "–";
+  if (MONEY_METRICS.has(goal.metric)) return `${value} ${goal.currency}`;
+  return Number.isInteger(value) ? String(value) : value.toFixed(1);
+}
+
+function renderGoal(goal) {
+  const p = goal.progress;
+  const item = document.createElement("li");
+  item.className = "goal";
+  item.dataset.goal = goal.goal_id;
+  item.dataset.status = p.status;
+  const head = document.createElement("div");
+  head.className = "line";
+  const status = cell("span", p.status.replace("_", " "));
+  status.className = "goal-status";
+  head.append(cell("span", `${goal.name} · ${METRIC_NAMES[goal.metric]}`), status);
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  const fill = document.createElement("div");
+  fill.className = "fill";
+  fill.style.width = `${Math.min(1, p.attainment ?? 0) * 100}%`;
+  const expected = document.createElement("div");
+  expected.className = "expected";  // where the goal should be by now
+  expected.style.left = `${Math.min(1, Number(p.expected_to_date) / Number(p.target)) * 100}%`;
+  bar.append(fill, expected);
+  const numbers = cell("div", `${goalAmount(goal, p.actual)} / ${goalAmount(goal, p.target)} · ` +
+    `expected ${goalAmount(goal, p.expected_to_date)} · pace ${format(p.pace, "number")} · ` +
+    `projected ${goalAmount(goal, p.projected)}`);
+  numbers.className = "goal-numbers";
+  item.append(head, bar, numbers);
+  return item;
+}
+
+function renderGoals(page) {
+  for (const team of document.querySelectorAll("#goals .team")) {
+    const goals = page.items.filter((goal) => goal.team === team.dataset.team);
+    team.querySelector("ul").replaceChildren(...goals.map(renderGoal));
+  }
+}
+
+function renderOverdue(queue) {
+  $("sla-hours").textContent = `(${queue.sla_accept_hours} h)`;
+  $("overdue").tBodies[0].replaceChildren(...queue.items.map((item) => {
+    const tr = document.createElement("tr");
+    tr.dataset.deal = item.deal_id;
+    tr.append(cell("td", format(item.hours_waiting, "hours")), cell("td", item.deal_id), cell("td", item.lead_id),
+              cell("td", item.campaign_id ?? "(unattributed)"), cell("td", item.created_at));
+    return tr;
+  }));
+}
+
+// The goals running at the period's last moment, or now (to the minute) if that is earlier.
+function goalsMoment() {
+  const now = Math.floor(Date.now() / 60000) * 60000;
+  const to = $("to").value ? Date.parse($("to").value) - 1000 : now;
+  return new Date(Math.min(now, to)).toISOString();
 }
 
 async function refresh() {
@@ -193,11 +272,13 @@ async function refresh() {
   }
   const kpis = await getJson(`/v1/kpis?${query()}`);
   if (kpis.changed) { renderTiles(kpis.body); renderFunnel(kpis.body); }
-  const [series, byCampaign, byChannel, feedback] = await Promise.all([
+  const [series, byCampaign, byChannel, feedback, goals, overdue] = await Promise.all([
     getJson(`/v1/kpis/timeseries?${query({ interval: chosenInterval() })}`),
     getJson(`/v1/kpis/breakdown?${query({ by: "campaign", campaign_id: "" })}`),
     getJson(`/v1/kpis/breakdown?${query({ by: "channel", channel: "" })}`),
     getJson(`/v1/feedback?${query()}`),
+    getJson(`/v1/goals?${new URLSearchParams({ active_at: goalsMoment(), limit: "200" })}`, "goals"),
+    getJson(`/v1/sla/overdue?${query({ from: "", to: "", limit: "200" })}`),
   ]);
   if (series.changed) renderTimeseries(series.body);
   if (byCampaign.changed) {
@@ -209,6 +290,8 @@ async function refresh() {
     fillPicker($("channel"), byChannel.body.rows.map((r) => r.channel), "All channels");
   }
   if (feedback.changed) renderFeedback(feedback.body);
+  if (goals.changed) renderGoals(goals.body);
+  if (overdue.changed) renderOverdue(overdue.body);
   setStatus(`Updated ${new Date().toLocaleTimeString()}`);
 }
 
