@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -38,6 +38,26 @@ class UnitOfWork:
             event.key,
             event.model_dump_json(by_alias=True),
         )
+        await self._notify()
+
+    async def publish_many(self, events: Sequence[tuple[Topic, Envelope]]) -> None:
+        """Queue several events with one statement, in the order given (the relay's order)."""
+        if not events:
+            return
+        await self.conn.execute(
+            """INSERT INTO outbox (event_id, topic, key, payload)
+               SELECT event_id, topic, key, payload
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY
+                    AS e (event_id, topic, key, payload, n)
+               ORDER BY n""",
+            [event.event_id for _, event in events],
+            [topic.name for topic, _ in events],
+            [event.key for _, event in events],
+            [event.model_dump_json(by_alias=True) for _, event in events],
+        )
+        await self._notify()
+
+    async def _notify(self) -> None:
         # Delivered at commit, once however many were sent: one per transaction is enough.
         if not self._notified:
             await self.conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

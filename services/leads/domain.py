@@ -9,7 +9,9 @@ which Kafka delivered them, and a new touch costs the same however many came bef
 
 from __future__ import annotations
 
+import heapq
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,6 +104,13 @@ def visit_from(event_id: uuid.UUID, view: PageView, occurred_at: datetime) -> Vi
         return None
     touch = Touch(kind="page_view", **utm, page_url=view.url, occurred_at=occurred_at)
     return Visit(event_id=event_id, anonymous_id=anonymous_id, touch=touch)
+
+
+def newest_visitors(last_seen: Mapping[str, datetime], limit: int) -> list[str]:
+    """The `limit` most recently seen of a lead's visitors ({anonymous_id: last_seen_at}),
+    sorted by id; equal times are broken by the larger id, as store.anonymous_ids does."""
+    newest = heapq.nlargest(limit, last_seen.items(), key=lambda item: (item[1], item[0]))
+    return sorted(anonymous_id for anonymous_id, _ in newest)
 
 
 def recency(occurred_at: datetime, event_id: uuid.UUID) -> tuple[datetime, str]:

@@ -15,7 +15,8 @@ from .domain import ScoringRules
 async def on_form_submission(
     event: Envelope[FormSubmission], uow: UnitOfWork, *, rules: ScoringRules, mql_threshold: int | None
 ) -> None:
-    await service.record_submission(uow, event, rules, mql_threshold)
+    # Applied with the batch's other submissions when its transaction commits.
+    await service.queue_submission(uow, event, rules, mql_threshold)
 
 
 async def on_page_view(

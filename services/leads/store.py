@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,19 +20,23 @@ VISIT_COLUMNS = "occurred_at, campaign_id, channel, source, term, content, page_
 _VISITOR_LOCK = 0x76697369  # "visi"
 
 
-async def lock_lead_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM leads WHERE email = $1 FOR UPDATE", email)
+async def lock_leads_by_email(conn: asyncpg.Connection, emails: Sequence[str]) -> list[asyncpg.Record]:
+    """The leads of `emails` that exist, row-locked in email order: two transactions locking
+    some of the same leads wait for each other instead of deadlocking."""
+    return await conn.fetch("SELECT * FROM leads WHERE email = ANY($1::text[]) ORDER BY email FOR UPDATE", list(emails))
 
 
-async def insert_lead(conn: asyncpg.Connection, email: str, first: Submission, reason: str) -> asyncpg.Record | None:
-    """Create the lead for `email` with its creation row in the stage history; returns it
-    (the insert holds its row lock), or None when a concurrent first submission of the same
-    email created it first: ON CONFLICT makes the two create one lead."""
-    touch = first.touch.model_dump(mode="json")
-    return await conn.fetchrow(
+async def insert_leads(
+    conn: asyncpg.Connection, firsts: Sequence[tuple[str, Submission]], reason: str
+) -> list[asyncpg.Record]:
+    """Create a lead per (email, a first submission) with its creation row in the stage
+    history; returns the leads created (each insert holds its row lock). An email a
+    concurrent first submission created first is left out: ON CONFLICT makes the two one lead."""
+    return await conn.fetch(
         """WITH lead AS (
                INSERT INTO leads (lead_id, email, created_at, first_touch, last_touch)
-               VALUES ($1, $2, $3, $4, $4)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::jsonb[], $4::jsonb[])
+               ORDER BY 2
                ON CONFLICT (email) DO NOTHING
                RETURNING *
            ), creation AS (
@@ -39,10 +44,10 @@ async def insert_lead(conn: asyncpg.Connection, email: str, first: Submission, r
                SELECT lead_id, NULL, stage, $5, created_at FROM lead
            )
            SELECT * FROM lead""",
-        uuid.uuid4(),
-        email,
-        first.occurred_at,
-        touch,
+        [uuid.uuid4() for _ in firsts],
+        [email for email, _ in firsts],
+        [first.occurred_at for _, first in firsts],
+        [first.touch.model_dump(mode="json") for _, first in firsts],
         reason,
     )
 
@@ -53,26 +58,29 @@ async def lock_lead(conn: asyncpg.Connection, lead_id: uuid.UUID) -> asyncpg.Rec
     return await conn.fetchrow("SELECT * FROM leads WHERE lead_id = $1 FOR UPDATE", lead_id)
 
 
-async def add_touch(conn: asyncpg.Connection, lead_id: uuid.UUID, sub: Submission) -> None:
-    t = sub.touch
+async def add_touches(conn: asyncpg.Connection, touches: Sequence[tuple[uuid.UUID, Submission]]) -> None:
+    """Keep each (lead_id, submission) as a touch of its lead."""
+    subs = [sub for _, sub in touches]
     await conn.execute(
         f"""INSERT INTO touches (lead_id, event_id, {TOUCH_COLUMNS}, name, company, phone, fields)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-        lead_id,
-        sub.event_id,
-        t.kind,
-        t.occurred_at,
-        t.form_id,
-        t.campaign_id,
-        t.channel,
-        t.source,
-        t.term,
-        t.content,
-        t.page_url,
-        sub.name,
-        sub.company,
-        sub.phone,
-        sub.fields,
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                                 $13::text[], $14::text[], $15::jsonb[])""",
+        [lead_id for lead_id, _ in touches],
+        [sub.event_id for sub in subs],
+        [sub.touch.kind for sub in subs],
+        [sub.touch.occurred_at for sub in subs],
+        [sub.touch.form_id for sub in subs],
+        [sub.touch.campaign_id for sub in subs],
+        [sub.touch.channel for sub in subs],
+        [sub.touch.source for sub in subs],
+        [sub.touch.term for sub in subs],
+        [sub.touch.content for sub in subs],
+        [sub.touch.page_url for sub in subs],
+        [sub.name for sub in subs],
+        [sub.company for sub in subs],
+        [sub.phone for sub in subs],
+        [sub.fields for sub in subs],
     )
 
 
@@ -84,6 +92,17 @@ async def lock_visitor(conn: asyncpg.Connection, anonymous_id: str) -> None:
     links) and a submission (links the visitor, then reads its visits) take turns, so neither
     misses the other. Taken before any lead's row lock; ids sharing a hash only wait longer."""
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _VISITOR_LOCK, anonymous_id)
+
+
+async def lock_visitors(conn: asyncpg.Connection, anonymous_ids: Collection[str]) -> None:
+    """lock_visitor for several at once, in the order of their lock keys (fewer deadlocks
+    between two transactions sharing visitors)."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock($1, key)
+           FROM (SELECT DISTINCT hashtext(a) AS key FROM unnest($2::text[]) AS a ORDER BY key) AS keys""",
+        _VISITOR_LOCK,
+        list(anonymous_ids),
+    )
 
 
 async def insert_visit(conn: asyncpg.Connection, visit: Visit) -> None:
@@ -109,26 +128,64 @@ async def linked_leads(conn: asyncpg.Connection, anonymous_id: str) -> list[uuid
     return [r["lead_id"] for r in rows]
 
 
-async def link_visitor(conn: asyncpg.Connection, anonymous_id: str, lead_id: uuid.UUID, seen_at: datetime) -> bool:
-    """Link a visitor to a lead (or note it was seen again); True when the link is new."""
-    inserted = await conn.fetchval(
-        """INSERT INTO lead_visitors (anonymous_id, lead_id, last_seen_at) VALUES ($1, $2, $3)
-           ON CONFLICT (anonymous_id, lead_id) DO NOTHING
-           RETURNING true""",
-        anonymous_id,
-        lead_id,
-        seen_at,
+async def visitor_links(
+    conn: asyncpg.Connection, lead_ids: Sequence[uuid.UUID], pairs: Sequence[tuple[str, uuid.UUID]], limit: int
+) -> list[asyncpg.Record]:
+    """(lead_id, anonymous_id, last_seen_at): each lead's `limit` most recently seen visitors
+    (anonymous_ids' order) and, whatever their rank, the links among the (visitor, lead) `pairs`."""
+    return await conn.fetch(
+        """SELECT l.lead_id, v.anonymous_id, v.last_seen_at
+           FROM unnest($1::uuid[]) AS l (lead_id)
+           CROSS JOIN LATERAL (
+               SELECT anonymous_id, last_seen_at FROM lead_visitors WHERE lead_id = l.lead_id
+               ORDER BY last_seen_at DESC, anonymous_id COLLATE "C" DESC LIMIT $2
+           ) AS v
+           UNION
+           SELECT lv.lead_id, lv.anonymous_id, lv.last_seen_at
+           FROM unnest($3::text[], $4::uuid[]) AS p (anonymous_id, lead_id)
+           JOIN lead_visitors AS lv ON lv.anonymous_id = p.anonymous_id AND lv.lead_id = p.lead_id""",
+        list(lead_ids),
+        limit,
+        [anonymous_id for anonymous_id, _ in pairs],
+        [lead_id for _, lead_id in pairs],
     )
-    if inserted:
-        return True
+
+
+async def link_visitors(conn: asyncpg.Connection, links: Sequence[tuple[str, uuid.UUID, datetime]]) -> None:
+    """Link each (visitor, lead) or, when linked, move its last_seen_at forward. One row per pair."""
     await conn.execute(
-        """UPDATE lead_visitors SET last_seen_at = $3
-           WHERE anonymous_id = $1 AND lead_id = $2 AND last_seen_at < $3""",
-        anonymous_id,
-        lead_id,
-        seen_at,
+        """INSERT INTO lead_visitors (anonymous_id, lead_id, last_seen_at)
+           SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[])
+           ON CONFLICT (anonymous_id, lead_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at
+           WHERE lead_visitors.last_seen_at < EXCLUDED.last_seen_at""",
+        [anonymous_id for anonymous_id, _, _ in links],
+        [lead_id for _, lead_id, _ in links],
+        [seen_at for _, _, seen_at in links],
     )
-    return False
+
+
+async def adopt_visits(
+    conn: asyncpg.Connection, links: Sequence[tuple[str, uuid.UUID]]
+) -> list[tuple[uuid.UUID, Visit]]:
+    """Make the visits of each newly linked (visitor, lead) touches of the lead; returns the
+    (lead_id, visit) that were not yet, so a visit adopted twice is counted once."""
+    visit_columns = ", ".join(f"v.{column.strip()}" for column in VISIT_COLUMNS.split(","))
+    rows = await conn.fetch(
+        f"""WITH adopted AS (
+                INSERT INTO touches (lead_id, event_id, kind, {VISIT_COLUMNS})
+                SELECT p.lead_id, v.event_id, 'page_view', {visit_columns}
+                FROM unnest($1::text[], $2::uuid[]) AS p (anonymous_id, lead_id)
+                JOIN visits AS v ON v.anonymous_id = p.anonymous_id
+                ON CONFLICT (lead_id, event_id) DO NOTHING
+                RETURNING lead_id, event_id, {TOUCH_COLUMNS}
+            )
+            SELECT adopted.*, visits.anonymous_id FROM adopted JOIN visits USING (event_id)""",
+        [anonymous_id for anonymous_id, _ in links],
+        [lead_id for _, lead_id in links],
+    )
+    return [
+        (r["lead_id"], Visit(event_id=r["event_id"], anonymous_id=r["anonymous_id"], touch=touch_of(r))) for r in rows
+    ]
 
 
 async def add_visit_touches(
@@ -150,10 +207,11 @@ async def add_visit_touches(
 
 
 async def anonymous_ids(conn: asyncpg.Connection, lead_id: uuid.UUID, limit: int) -> list[str]:
-    """The lead's `limit` most recently seen visitors, sorted by id."""
+    """The lead's `limit` most recently seen visitors, sorted by id (ties in last_seen_at are
+    broken by the id's bytes, as domain.newest_visitors does)."""
     rows = await conn.fetch(
         """SELECT anonymous_id FROM lead_visitors WHERE lead_id = $1
-           ORDER BY last_seen_at DESC, anonymous_id DESC LIMIT $2""",
+           ORDER BY last_seen_at DESC, anonymous_id COLLATE "C" DESC LIMIT $2""",
         lead_id,
         limit,
     )
@@ -219,6 +277,43 @@ async def save_facts(conn: asyncpg.Connection, lead_id: uuid.UUID, facts: Scored
     )
 
 
+async def save_facts_many(conn: asyncpg.Connection, leads: Sequence[tuple[uuid.UUID, ScoredLead, str]]) -> None:
+    """save_facts for several (lead_id, facts, stage), in one statement."""
+    facts = [f for _, f, _ in leads]
+    profiles = [f.profile for f in facts]
+    await conn.execute(
+        """WITH new AS (
+               SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                                    $7::int[], $8::jsonb[], $9::jsonb[], $10::int[], $11::jsonb[], $12::text[])
+                   AS n (lead_id, created_at, name, company, phone, fields, score, first_touch, last_touch,
+                         touch_count, summary, stage)
+           ), lead AS (
+               UPDATE leads SET created_at = new.created_at, name = new.name, company = new.company,
+                      phone = new.phone, fields = new.fields, score = new.score, first_touch = new.first_touch,
+                      last_touch = new.last_touch, touch_count = new.touch_count, summary = new.summary,
+                      stage = new.stage, updated_at = now()
+               FROM new WHERE leads.lead_id = new.lead_id
+           )
+           UPDATE stage_history SET occurred_at = new.created_at
+           FROM new
+           WHERE stage_history.lead_id = new.lead_id AND from_stage IS NULL
+             AND stage_history.occurred_at <> new.created_at""",
+        [lead_id for lead_id, _, _ in leads],
+        [f.created_at for f in facts],
+        [p.name for p in profiles],
+        [p.company for p in profiles],
+        [p.phone for p in profiles],
+        [p.fields for p in profiles],
+        [f.score for f in facts],
+        # Serialised by pydantic: the json codec passes strings through.
+        [f.summary.first_touch.model_dump_json() for f in facts],
+        [f.summary.last_touch.model_dump_json() for f in facts],
+        [f.touch_count for f in facts],
+        [f.summary.model_dump_json() for f in facts],
+        [stage for _, _, stage in leads],
+    )
+
+
 async def set_stage(
     conn: asyncpg.Connection,
     lead_id: uuid.UUID,
@@ -243,6 +338,31 @@ async def set_stage(
 
 async def last_stage_change_at(conn: asyncpg.Connection, lead_id: uuid.UUID) -> datetime | None:
     return await conn.fetchval("SELECT max(occurred_at) FROM stage_history WHERE lead_id = $1", lead_id)
+
+
+async def add_stage_changes(
+    conn: asyncpg.Connection, changes: Sequence[tuple[uuid.UUID, str, str, str | None, datetime]]
+) -> None:
+    """History rows (lead_id, from_stage, to_stage, reason, occurred_at), in the order given;
+    the leads' stage columns are the caller's to set."""
+    await conn.execute(
+        """INSERT INTO stage_history (lead_id, from_stage, to_stage, reason, occurred_at)
+           SELECT lead_id, from_stage, to_stage, reason, occurred_at
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) WITH ORDINALITY
+                AS c (lead_id, from_stage, to_stage, reason, occurred_at, n)
+           ORDER BY n""",
+        *(list(column) for column in zip(*changes, strict=True)),
+    )
+
+
+async def last_stage_changes(conn: asyncpg.Connection, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    """When each lead last changed stage, its creation aside (that one follows created_at)."""
+    rows = await conn.fetch(
+        """SELECT lead_id, max(occurred_at) AS at FROM stage_history
+           WHERE lead_id = ANY($1::uuid[]) AND from_stage IS NOT NULL GROUP BY lead_id""",
+        list(lead_ids),
+    )
+    return {r["lead_id"]: r["at"] for r in rows}
 
 
 async def stage_history(conn: asyncpg.Connection, lead_id: uuid.UUID) -> list[asyncpg.Record]:
