@@ -36,7 +36,7 @@ stop:
 ## Every test, integration and end-to-end included, against the real broker and database.
 test: install infra-up
 	$(LOCAL)/browser.sh install
-	@# The engine, the compose CLI and the stand-in images for tests/e2e/test_compose.py (cached:
+	@# The engine, the compose CLI and the stand-in images for tests/e2e/test_docker_compose.py (cached:
 	@# under a second when warm). Not fatal here: that test then fails saying why.
 	-deploy/docker/docker.sh prepare
 	$(PY) -m pytest $(PYTEST_ARGS)

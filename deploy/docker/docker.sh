@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Docker for `make test` (tests/e2e/test_compose.py) on a machine that has no image registry:
+# Docker for `make test` (tests/e2e/test_docker_compose.py) on a machine that has no image registry:
 # Debian's engine, the compose v2 CLI built from its Go module, and local stand-ins for the
 # official images that docker-compose.yml uses (docs/operations.md, "docker compose").
 #

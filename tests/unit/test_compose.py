@@ -1,4 +1,4 @@
-"""docker-compose.yml checked against the code without running it (tests/e2e/test_compose.py
+"""docker-compose.yml checked against the code without running it (tests/e2e/test_docker_compose.py
 runs it): the services, their ports, every EMBUDO_* variable it sets is a real setting, and
 what users may change from the environment (published ports, images) defaults to what it was."""
 
