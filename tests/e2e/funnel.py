@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import httpx
@@ -19,6 +19,7 @@ class Lead:
     email: str
     touches: list[tuple[datetime, str | None, str | None]] = field(default_factory=list)  # (at, campaign, channel)
     stages: list[str] = field(default_factory=list)
+    moves: list[tuple[datetime, str]] = field(default_factory=list)  # (at, stage)
     lead_id: str | None = None
 
     @property
@@ -30,12 +31,41 @@ class Lead:
         return chosen[1], chosen[2]
 
 
+# Sales' default stage probabilities (EMBUDO_STAGE_PROBABILITIES); a handoff opens in qualification.
+PROBABILITIES = {"qualification": Decimal("0.2"), "proposal": Decimal("0.5"), "negotiation": Decimal("0.8")}
+SLA = timedelta(hours=24)  # EMBUDO_SLA_ACCEPT_HOURS
+
+
 @dataclass
 class Deal:
     lead: Lead
     won_at: datetime | None = None
     amount: Decimal | None = None
     lost_at: datetime | None = None
+    deal_id: str | None = None
+    created_at: datetime | None = None  # a handoff: when its lead reached SQL
+    handoff: bool = True
+    accepted_at: datetime | None = None
+    rejected_at: datetime | None = None
+    # (from when, expected amount, expected close date); (from when, probability)
+    details: list[tuple[datetime, Decimal | None, date | None]] = field(default_factory=list)
+    chances: list[tuple[datetime, Decimal]] = field(default_factory=list)
+
+    @property
+    def closed_at(self) -> datetime | None:
+        return min((t for t in (self.won_at, self.lost_at, self.rejected_at) if t), default=None)
+
+    def details_as_of(self, moment: datetime) -> tuple[Decimal | None, date | None]:
+        before = [d for d in self.details if d[0] < moment]
+        return max(before, key=lambda d: d[0])[1:] if before else (None, None)
+
+    def chance_as_of(self, moment: datetime) -> Decimal | None:
+        before = [c for c in self.chances if c[0] < moment]
+        return max(before, key=lambda c: c[0])[1] if before else None
+
+    def open_at(self, moment: datetime) -> bool:
+        return self.created_at is not None and self.created_at < moment and (
+            self.closed_at is None or self.closed_at >= moment)  # fmt: skip
 
 
 @dataclass
@@ -68,6 +98,7 @@ def expected_kpis(
     campaign_id: str | None = None,
     channel: str | None = None,
     attribution: str = "first_touch",
+    now: datetime | None = None,
 ) -> dict:
     def within(at: datetime | None) -> bool:
         return at is not None and start <= at < end
@@ -92,7 +123,7 @@ def expected_kpis(
     reached = {
         "mql": [lead for lead in cohort if {"mql", "sql"} & set(lead.stages)],
         "sql": [lead for lead in cohort if "sql" in lead.stages],
-        "opportunity": [lead for lead in cohort if deals_of[id(lead)]],
+        "opportunity": [lead for lead in cohort if any(not d.rejected_at for d in deals_of[id(lead)])],
         "customer": [lead for lead in cohort if any(d.won_at for d in deals_of[id(lead)])],
     }
     funnel = {"leads": len(cohort)} | {stage: len(leads) for stage, leads in reached.items()}
@@ -112,6 +143,41 @@ def expected_kpis(
     )
     cycles = [(d.won_at - d.lead.created_at).total_seconds() / 86400 for d in won]
     n = len(new_customers)
+
+    # First arrivals: a move to mql or sql (sql arrives at mql too), a deal's creation.
+    now = now or datetime.now(UTC)
+    leads = [lead for lead in facts.leads.values() if matches(lead)]
+    arrivals = {"mql": [], "sql": [], "opportunity": []}
+    for lead in leads:
+        opened = [d.created_at for d in deals_of[id(lead)] if d.created_at]
+        kept = [d.created_at for d in deals_of[id(lead)] if d.created_at and not d.rejected_at]
+        for stage, stages in (("mql", {"mql", "sql"}), ("sql", {"sql"})):
+            times = [at for at, to in lead.moves if to in stages] + opened
+            arrivals[stage].append(min(times, default=None))
+        arrivals["opportunity"].append(min(kept, default=None))
+    stage_reached = {stage: sum(within(at) for at in times) for stage, times in arrivals.items()}
+
+    handoffs = [d for d in attributed_deals if d.handoff and within(d.created_at)]
+    answers = {id(d): min((t for t in (d.accepted_at, d.rejected_at) if t), default=None) for d in handoffs}
+    hours = [(answers[id(d)] - d.created_at) / timedelta(hours=1) for d in handoffs if answers[id(d)]]
+    pending = [d for d in handoffs if not answers[id(d)]]
+    overdue = [d for d in pending if now - d.created_at > SLA]
+    in_time = [d for d in handoffs if answers[id(d)] and answers[id(d)] - d.created_at <= SLA]
+    late = [d for d in handoffs if answers[id(d)] and answers[id(d)] - d.created_at > SLA]
+
+    at_end = min(end, now)
+    open_deals = [d for d in attributed_deals if d.open_at(at_end)]
+    values = [(d.details_as_of(at_end)[0], d.chance_as_of(at_end)) for d in open_deals]
+    forecast = revenue
+    if end > now:
+        today = now.date()
+        for d in attributed_deals:
+            amount, close = d.details_as_of(now)
+            if d.open_at(now) and amount and close and close >= today:
+                forecast += amount * d.chance_as_of(now) if within(datetime.combine(close, time(0), UTC)) else 0
+    created = [d for d in attributed_deals if within(d.created_at) and not d.rejected_at]
+    created_value = sum((d.details_as_of(datetime.max.replace(tzinfo=UTC))[0] or Decimal(0) for d in created),
+                        Decimal(0))  # fmt: skip
     return {
         "impressions": impressions,
         "clicks": clicks,
@@ -146,6 +212,25 @@ def expected_kpis(
             "average": q4(Decimal(str(statistics.mean(cycles)))) if cycles else None,
             "median": q4(Decimal(str(statistics.median(cycles)))) if cycles else None,
         },
+        "stage_reached": {**stage_reached, "customer": n},
+        "sla": {
+            "handoffs": len(handoffs),
+            "accepted": sum(bool(answers[id(d)]) and not d.rejected_at for d in handoffs),
+            "rejected": sum(bool(d.rejected_at) for d in handoffs),
+            "responded_within_sla": len(in_time),
+            "breached": len(late) + len(overdue),
+            "pending": len(pending),
+            "pending_overdue": len(overdue),
+            "within_sla_rate": ratio(len(in_time), len(handoffs)),
+            "median_hours_to_response": q4(Decimal(str(statistics.median(hours)))) if hours else None,
+        },
+        "pipeline": {
+            "open_deals": len(open_deals),
+            "open_value": cents(sum((a or Decimal(0) for a, _ in values), Decimal(0))),
+            "weighted_value": cents(sum((a * p for a, p in values if a is not None and p is not None), Decimal(0))),
+        },
+        "forecast": cents(forecast),
+        "pipeline_created": cents(created_value),
     }
 
 
@@ -248,27 +333,37 @@ class Scenario:
             assert asyncio.get_running_loop().time() < deadline, f"lead {email} incomplete"
             await asyncio.sleep(0.2)
 
-    async def move(self, email: str, stage: str, at: datetime) -> None:
+    async def move(self, email: str, stage: str, at: datetime, reason: str = "e2e") -> None:
         lead = await self.lead(email)
         response = await self.leads.post(
-            f"/v1/leads/{lead.lead_id}/stage", json={"stage": stage, "occurred_at": iso(at), "reason": "e2e"}
+            f"/v1/leads/{lead.lead_id}/stage", json={"stage": stage, "occurred_at": iso(at), "reason": reason}
         )
         assert response.status_code == 200, response.text
         lead.stages.append(stage)
+        lead.moves.append((at, stage))
+        if stage == "sql":  # the handoff: sales opens a deal in qualification
+            deal = Deal(lead, created_at=at, chances=[(at, PROBABILITIES["qualification"])], details=[(at, None, None)])
+            self.facts.deals.append(deal)
 
     async def deal_for(self, email: str, timeout: float = 60) -> tuple[str, Deal]:
+        """The lead's latest handoff, once sales has opened it."""
         lead = self.facts.leads[email]
+        deal = [d for d in self.facts.deals if d.lead is lead][-1]
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             items = (await self.sales.get("/v1/deals", params={"lead_id": lead.lead_id})).json()["items"]
-            if items:
-                deal = next((d for d in self.facts.deals if d.lead is lead), None)
-                if deal is None:
-                    deal = Deal(lead)
-                    self.facts.deals.append(deal)
-                return items[0]["deal_id"], deal
+            known = {d.deal_id for d in self.facts.deals if d.lead is lead and d is not deal}
+            fresh = [item for item in items if item["deal_id"] not in known]
+            if fresh:
+                deal.deal_id = fresh[-1]["deal_id"]
+                return deal.deal_id, deal
             assert asyncio.get_running_loop().time() < deadline, f"no deal for {email}"
             await asyncio.sleep(0.2)
+
+    def _works(self, deal: Deal, at: datetime) -> None:
+        # Working a handoff nobody has answered accepts it.
+        if deal.handoff and deal.accepted_at is None and deal.rejected_at is None:
+            deal.accepted_at = at
 
     async def win(self, email: str, amount: str, at: datetime) -> None:
         deal_id, deal = await self.deal_for(email)
@@ -277,6 +372,7 @@ class Scenario:
         )
         assert response.status_code == 200, response.text
         deal.won_at, deal.amount = at, Decimal(amount)
+        self._works(deal, at)
 
     async def lose(self, email: str, reason: str, objections: list[str], at: datetime) -> None:
         deal_id, deal = await self.deal_for(email)
@@ -285,10 +381,46 @@ class Scenario:
         )
         assert response.status_code == 200, response.text
         deal.lost_at = at
+        self._works(deal, at)
 
     async def stage_deal(self, email: str, stage: str, at: datetime) -> None:
-        deal_id, _ = await self.deal_for(email)
+        deal_id, deal = await self.deal_for(email)
         response = await self.sales.patch(f"/v1/deals/{deal_id}", json={"stage": stage, "occurred_at": iso(at)})
+        assert response.status_code == 200, response.text
+        self._works(deal, at)
+        deal.chances.append((at, PROBABILITIES[stage]))
+
+    async def accept(self, email: str, at: datetime) -> None:
+        deal_id, deal = await self.deal_for(email)
+        response = await self.sales.post(f"/v1/deals/{deal_id}/accept", json={"occurred_at": iso(at)})
+        assert response.status_code == 200, response.text
+        deal.accepted_at = at
+
+    async def reject(self, email: str, reason: str, at: datetime) -> None:
+        """Sales returns the handoff; leads sends the lead back to mql."""
+        deal_id, deal = await self.deal_for(email)
+        response = await self.sales.post(f"/v1/deals/{deal_id}/reject", json={"reason": reason, "occurred_at": iso(at)})
+        assert response.status_code == 200, response.text
+        deal.rejected_at = at
+        lead = self.facts.leads[email]
+        deadline = asyncio.get_running_loop().time() + 60
+        while (await self.leads.get(f"/v1/leads/{lead.lead_id}")).json()["stage"] != "mql":
+            assert asyncio.get_running_loop().time() < deadline, f"{email} did not go back to mql"
+            await asyncio.sleep(0.2)
+        lead.moves.append((at, "mql"))
+
+    async def change_details(self, email: str, amount: str, close: date, at: datetime) -> None:
+        deal_id, deal = await self.deal_for(email)
+        body = {"amount": amount, "expected_close_date": close.isoformat(), "occurred_at": iso(at)}
+        response = await self.sales.patch(f"/v1/deals/{deal_id}", json=body)
+        assert response.status_code == 200, response.text
+        deal.details.append((at, Decimal(amount), close))
+
+    async def record_objections(self, email: str, objections: list[str], at: datetime) -> None:
+        deal_id, _ = await self.deal_for(email)
+        response = await self.sales.post(
+            f"/v1/deals/{deal_id}/objections", json={"objections": objections, "occurred_at": iso(at)}
+        )
         assert response.status_code == 200, response.text
 
     async def renewal(self, email: str, amount: str, at: datetime) -> None:
@@ -361,3 +493,6 @@ class Scenario:
 
     def expected(self, **filters) -> dict:
         return expected_kpis(self.facts, self.day(-1), self.now + timedelta(hours=1), **filters)
+
+    def expected_for(self, start: datetime, end: datetime, **filters) -> dict:
+        return expected_kpis(self.facts, start, end, **filters)

@@ -25,6 +25,15 @@ async def test_kpis_of_a_funnel_scenario_equal_an_independent_computation(stack)
         assert overall["funnel"] == {"leads": 5, "mql": 3, "sql": 2, "opportunity": 2, "customer": 1}
         assert overall["revenue"] == "1750.00" and overall["new_customers"] == 2 and overall["cac"] == "160.25"
         assert (overall["deals_won"], overall["deals_lost"]) == (2, 1)
+        # First arrivals: mql ana bo di fi (fi's sql, created before the period, moved in it), sql and
+        # opportunity ana bo fi. Handoffs at sql, answered by working them: ana moved after 24 h (in
+        # time), bo lost after 5 days, fi won after 6 (late).
+        assert overall["stage_reached"] == {"mql": 4, "sql": 3, "opportunity": 3, "customer": 2}
+        assert overall["sla"] == {
+            "handoffs": 3, "accepted": 3, "rejected": 0, "responded_within_sla": 1, "breached": 2, "pending": 0,
+            "pending_overdue": 0, "within_sla_rate": 0.3333, "median_hours_to_response": 120.0,
+        }  # fmt: skip
+        assert overall["pipeline"]["open_deals"] == 0 and overall["forecast"] == overall["revenue"]
 
         for attribution in ("first_touch", "last_touch"):
             for campaign_id in ("spring", "news"):
