@@ -27,6 +27,21 @@ OPEN_DEAL_STAGES: tuple[OpenDealStage, ...] = get_args(OpenDealStage)
 CLOSED_DEAL_STAGES: tuple[ClosedDealStage, ...] = get_args(ClosedDealStage)
 DEAL_STAGES: tuple[str, ...] = OPEN_DEAL_STAGES + CLOSED_DEAL_STAGES
 
+# --- the handoff ----------------------------------------------------------------------
+
+
+def handoff_due_at(created_at: datetime, sla_accept: timedelta) -> datetime:
+    """When sales' answer to a handoff (a deal opened by a lead reaching SQL) is due:
+    EMBUDO_SLA_ACCEPT_HOURS after the deal's creation."""
+    return created_at + sla_accept
+
+
+def within_handoff_sla(created_at: datetime, answered_at: datetime, sla_accept: timedelta) -> bool:
+    """A handoff meets the SLA when it is accepted or rejected at most `sla_accept` after the
+    deal's creation (an answer exactly at the due moment is on time)."""
+    return answered_at <= handoff_due_at(created_at, sla_accept)
+
+
 # --- money ----------------------------------------------------------------------------
 
 RevenueKind = Literal["purchase", "renewal", "upsell"]

@@ -1,4 +1,5 @@
-"""The sales HTTP API: deals through the pipeline, customers and their revenue."""
+"""The sales HTTP API: deals through the pipeline (and sales' answer to a handoff), objections,
+customers and their revenue."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
 from shared.errors import InvalidField
-from shared.events import Amount, CurrencyCode, IsoDate, NonBlankText, Text, UtcDatetime, money_input
+from shared.events import Amount, CurrencyCode, IsoDate, NonBlankText, Text, UtcDatetime, money_input, utcnow
 from shared.http import require_api_token
 from shared.openapi import problems
 from shared.pagination import Page, cursor_param, decode_cursor, page_of
-from shared.rules import CLOSED_DEAL_STAGES, DealStage, OpenDealStage, RevenueKind, check_currency
+from shared.rules import (
+    CLOSED_DEAL_STAGES,
+    DealStage,
+    OpenDealStage,
+    RevenueKind,
+    check_currency,
+    handoff_due_at,
+    within_handoff_sla,
+)
 
 from . import service
 from .domain import probability
@@ -53,6 +62,7 @@ class NewDeal(HasOpenStage):
     amount: PositiveAmount | None = None
     currency: CurrencyCode | None = None
     stage: OpenDealStage = "qualification"
+    expected_close_date: IsoDate | None = None
     occurred_at: UtcDatetime | None = None
 
 
@@ -66,7 +76,7 @@ class DealChanges(HasOpenStage):
     amount: PositiveAmount | None = None
     currency: CurrencyCode | None = None
     expected_close_date: IsoDate | None = None
-    occurred_at: UtcDatetime | None = None  # when the stage moved
+    occurred_at: UtcDatetime | None = None  # when the stage moved (or, without a move, the details changed)
 
 
 class Win(Body):
@@ -75,9 +85,26 @@ class Win(Body):
     occurred_at: UtcDatetime | None = None
 
 
+ObjectionText = Annotated[NonBlankText, Field(max_length=200)]
+
+
 class Loss(Body):
     reason: NonBlankText = Field(max_length=500)
-    objections: list[Annotated[NonBlankText, Field(max_length=200)]] = Field(default_factory=list, max_length=50)
+    objections: list[ObjectionText] = Field(default_factory=list, max_length=50)
+    occurred_at: UtcDatetime | None = None
+
+
+class Acceptance(Body):
+    occurred_at: UtcDatetime | None = None
+
+
+class Rejection(Body):
+    reason: NonBlankText = Field(max_length=500)
+    occurred_at: UtcDatetime | None = None
+
+
+class NewObjections(Body):
+    objections: list[ObjectionText] = Field(min_length=1, max_length=50)
     occurred_at: UtcDatetime | None = None
 
 
@@ -99,6 +126,22 @@ class StageEntry(BaseModel):
     recorded_at: datetime
 
 
+class HandoffSla(BaseModel):
+    due_at: datetime = Field(description="created_at + EMBUDO_SLA_ACCEPT_HOURS")
+    responded_at: datetime | None = Field(description="when sales accepted or rejected the handoff; null: not yet")
+    within_sla: bool | None = Field(
+        description="answered by due_at; false once due_at passed unanswered; null while unanswered and not yet due"
+    )
+
+
+class RecordedObjection(BaseModel):
+    key: str = Field(description="the objections vocabulary's key it counts under (GET /v1/objections); other: none")
+    text: str = Field(description="as recorded")
+    stage: DealStage = Field(description="the deal's stage when it was recorded (lost: with the loss)")
+    occurred_at: datetime
+    recorded_at: datetime
+
+
 class DealOut(BaseModel):
     deal_id: uuid.UUID
     lead_id: uuid.UUID
@@ -114,11 +157,24 @@ class DealOut(BaseModel):
     lost_reason: str | None
     objections: list[str]
     origin: Literal["lead_handoff", "api"]
+    handoff: bool = Field(
+        description="a deal opened by a lead reaching SQL (since handoffs are answered): sales accepts or rejects it"
+    )
+    accepted_at: datetime | None = Field(
+        description="when sales took the deal: its answer to a handoff (null: not yet or rejected); created_at for"
+        " a deal sales opened itself"
+    )
+    rejected_at: datetime | None
+    rejection_reason: str | None
+    sla: HandoffSla | None = Field(description="the handoff's answer against EMBUDO_SLA_ACCEPT_HOURS; null: no handoff")
     updated_at: datetime
 
 
 class DealDetail(DealOut):
     history: list[StageEntry]
+    recorded_objections: list[RecordedObjection] = Field(
+        description="every objection recorded on the deal (open, won, or with its loss), oldest first"
+    )
 
 
 class DealPage(Page[DealOut]):
@@ -144,17 +200,43 @@ class CustomerOut(BaseModel):
     revenue: list[RevenueOut]
 
 
+class VocabularyEntry(BaseModel):
+    key: str
+    label: str
+    synonyms: list[str]
+
+
+class ObjectionVocabulary(BaseModel):
+    items: list[VocabularyEntry] = Field(
+        description="the canonical objections (EMBUDO_OBJECTIONS_CONFIG), then `other`: what matches none"
+    )
+
+
+def handoff_sla(row: asyncpg.Record, settings: SalesSettings) -> HandoffSla | None:
+    if not row["handoff"]:
+        return None
+    due_at = handoff_due_at(row["created_at"], settings.sla_accept)
+    responded_at = row["accepted_at"] or row["rejected_at"]
+    if responded_at is not None:
+        within = within_handoff_sla(row["created_at"], responded_at, settings.sla_accept)
+    else:
+        within = None if utcnow() <= due_at else False
+    return HandoffSla(due_at=due_at, responded_at=responded_at, within_sla=within)
+
+
 def deal_out(row: asyncpg.Record, settings: SalesSettings) -> DealOut:
     return DealOut(
         **{name: row[name] for name in DealOut.model_fields if name in row.keys()},
         probability=probability(row["stage"], settings.stage_probabilities),
         origin="lead_handoff" if row["source_event_id"] else "api",
+        sla=handoff_sla(row, settings),
     )
 
 
 def deal_detail(view: service.DealView, settings: SalesSettings) -> DealDetail:
     history = [StageEntry(**dict(h)) for h in view.history]
-    return DealDetail(**deal_out(view.deal, settings).model_dump(), history=history)
+    objections = [RecordedObjection(**dict(o)) for o in view.objections]
+    return DealDetail(**deal_out(view.deal, settings).model_dump(), history=history, recorded_objections=objections)
 
 
 # --- deals ------------------------------------------------------------------------------
@@ -193,7 +275,9 @@ async def create_deal(body: NewDeal, pool: DbPool, settings: Settings) -> DealDe
         currency=check_currency(body.currency, settings.currency),
         name=body.name,
         amount=body.amount,
+        expected_close_date=body.expected_close_date,
         occurred_at=body.occurred_at,
+        stage_probabilities=settings.stage_probabilities,
         clock_skew=settings.clock_skew,
     )
     return deal_detail(view, settings)
@@ -240,9 +324,55 @@ async def lose_deal(deal_id: uuid.UUID, body: Loss, pool: DbPool, settings: Sett
         reason=body.reason,
         objections=body.objections,
         occurred_at=body.occurred_at,
+        vocabulary=settings.objections,
         clock_skew=settings.clock_skew,
     )
     return deal_detail(view, settings)
+
+
+@router.post("/deals/{deal_id}/accept", response_model=DealDetail, responses=problems(400, 404, 409, 413))
+async def accept_deal(
+    deal_id: uuid.UUID, pool: DbPool, settings: Settings, body: Acceptance | None = None
+) -> DealDetail:
+    """Sales takes a handoff (a deal opened by a lead reaching SQL); the body is optional.
+    409 when the deal is no handoff, already answered, or closed."""
+    occurred_at = body.occurred_at if body is not None else None
+    view = await service.accept_deal(pool, deal_id, occurred_at=occurred_at, clock_skew=settings.clock_skew)
+    return deal_detail(view, settings)
+
+
+@router.post("/deals/{deal_id}/reject", response_model=DealDetail, responses=problems(400, 404, 409, 413))
+async def reject_deal(deal_id: uuid.UUID, body: Rejection, pool: DbPool, settings: Settings) -> DealDetail:
+    """Sales returns a handoff to marketing: the deal closes as `rejected` and the lead goes back
+    to mql. 409 when the deal is no handoff, already accepted, or closed."""
+    view = await service.reject_deal(
+        pool, deal_id, reason=body.reason, occurred_at=body.occurred_at, clock_skew=settings.clock_skew
+    )
+    return deal_detail(view, settings)
+
+
+@router.post("/deals/{deal_id}/objections", response_model=DealDetail, responses=problems(400, 404, 409, 413))
+async def record_objections(deal_id: uuid.UUID, body: NewObjections, pool: DbPool, settings: Settings) -> DealDetail:
+    """Objections raised on an open or a won deal (a lost deal's come with POST .../lost; a
+    lost or rejected deal: 409), each counted under its vocabulary key."""
+    view = await service.record_objections(
+        pool,
+        deal_id,
+        objections=body.objections,
+        occurred_at=body.occurred_at,
+        vocabulary=settings.objections,
+        clock_skew=settings.clock_skew,
+    )
+    return deal_detail(view, settings)
+
+
+@router.get("/objections", response_model=ObjectionVocabulary)
+async def objection_vocabulary(settings: Settings) -> ObjectionVocabulary:
+    """The objections vocabulary: each canonical objection's key, label and synonyms. An
+    objection counts under the entry whose key, label or a synonym it spells, ignoring letter
+    case, accents, punctuation and extra spaces; anything else under `other`."""
+    items = [VocabularyEntry(key=k, label=label, synonyms=syn) for k, label, syn in settings.objections.labels()]
+    return ObjectionVocabulary(items=items)
 
 
 # --- customers --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .settings import SalesSettings
 def build_app(settings: SalesSettings | None = None) -> FastAPI:
     settings = settings or SalesSettings()
     settings.require("database_url", "api_tokens")  # outside EMBUDO_ENV=dev there is no default token
+    settings.objections  # noqa: B018 - a broken vocabulary file stops start-up here
     return create_app(
         ServiceSpec(
             name="sales",
@@ -24,7 +25,7 @@ def build_app(settings: SalesSettings | None = None) -> FastAPI:
             routers=[router],
             migrations=Path(__file__).parent / "migrations",
             consumes=[LEAD_EVENTS],
-            handlers=build_handlers(settings.currency),
+            handlers=build_handlers(settings.currency, settings.stage_probabilities),
             uses_outbox=True,
         )
     )

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from shared.events import Attribution
+from shared.events import Attribution, Objection
 from shared.rules import CLOSED_DEAL_STAGES
 
 from .domain import DealLead
@@ -66,14 +66,18 @@ async def insert_deal(
     stage: str,
     amount: Decimal | None,
     currency: str,
+    expected_close_date: date | None,
     created_at: datetime,
     source_event_id: uuid.UUID | None = None,
 ) -> Row | None:
-    """The new deal with its first history row; None when `source_event_id` already made one."""
+    """The new deal with its first history row; None when `source_event_id` already made one.
+    A deal from a handoff (`source_event_id`) waits for sales' answer; one sales opens itself
+    is taken at once (accepted_at = created_at)."""
     deal = await conn.fetchrow(
-        """INSERT INTO deals (deal_id, lead_id, name, stage, amount, currency, created_at,
-                              stage_entered_at, source_event_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+        """INSERT INTO deals (deal_id, lead_id, name, stage, amount, currency, expected_close_date,
+                              created_at, stage_entered_at, source_event_id, handoff, accepted_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9::uuid IS NOT NULL,
+                   CASE WHEN $9::uuid IS NULL THEN $8::timestamptz END)
            ON CONFLICT (source_event_id) DO NOTHING
            RETURNING *""",
         deal_id,
@@ -82,6 +86,7 @@ async def insert_deal(
         stage,
         amount,
         currency,
+        expected_close_date,
         created_at,
         source_event_id,
     )
@@ -129,12 +134,12 @@ async def update_details(
     *,
     amount: Decimal | None,
     expected_close_date: date | None,
-) -> None:
-    """Set what is given (None keeps the current value)."""
-    await conn.execute(
+) -> Row:
+    """Set what is given (None keeps the current value); the deal as it is now."""
+    return await conn.fetchrow(
         """UPDATE deals SET amount = coalesce($2, amount),
                expected_close_date = coalesce($3, expected_close_date), updated_at = now()
-           WHERE deal_id = $1""",
+           WHERE deal_id = $1 RETURNING *""",
         deal_id,
         amount,
         expected_close_date,
@@ -160,6 +165,40 @@ async def close_lost(
         "UPDATE deals SET lost_reason = $2, objections = $3 WHERE deal_id = $1", deal_id, reason, objections
     )
     await change_stage(conn, deal_id, from_stage, "lost", occurred_at)
+
+
+async def accept(conn: asyncpg.Connection, deal_id: uuid.UUID, at: datetime) -> None:
+    await conn.execute("UPDATE deals SET accepted_at = $2, updated_at = now() WHERE deal_id = $1", deal_id, at)
+
+
+async def reject(conn: asyncpg.Connection, deal_id: uuid.UUID, from_stage: str, reason: str, at: datetime) -> None:
+    """Close a handoff as rejected (one statement: the stage and the rejection go together)."""
+    await conn.execute(
+        """UPDATE deals SET stage = 'rejected', stage_entered_at = $2, closed_at = $2, rejected_at = $2,
+               rejection_reason = $3, updated_at = now()
+           WHERE deal_id = $1""",
+        deal_id,
+        at,
+        reason,
+    )
+    await add_history(conn, deal_id, from_stage, "rejected", at)
+
+
+async def add_objections(
+    conn: asyncpg.Connection, deal_id: uuid.UUID, objections: list[Objection], stage: str, at: datetime
+) -> None:
+    await conn.executemany(
+        "INSERT INTO deal_objections (deal_id, key, text, stage, occurred_at) VALUES ($1, $2, $3, $4, $5)",
+        [(deal_id, o.key, o.text, stage, at) for o in objections],
+    )
+
+
+async def objections(conn: asyncpg.Connection, deal_id: uuid.UUID) -> list[Row]:
+    return await conn.fetch(
+        """SELECT key, text, stage, occurred_at, recorded_at FROM deal_objections
+           WHERE deal_id = $1 ORDER BY id""",
+        deal_id,
+    )
 
 
 async def stage_history(conn: asyncpg.Connection, deal_id: uuid.UUID) -> list[Row]:

@@ -252,10 +252,15 @@ async def test_open_stages_move_both_ways_and_each_move_is_published_once(client
     same = await client.patch(path, json={"stage": "proposal", "expected_close_date": "2030-01-31"})
     assert same.status_code == 200  # a no-op for the stage, the date is still applied
     assert same.json()["expected_close_date"] == "2030-01-31"
+    again = await client.patch(path, json={"stage": "proposal", "expected_close_date": "2030-01-31"})
+    assert again.status_code == 200 and again.json()["history"] == same.json()["history"]
 
-    events = await deal_events.events(1 + len(moves))
+    events = await deal_events.events(2 + len(moves))
     await deal_events.quiet()
-    assert len(deal_events.records) == 1 + len(moves)  # nothing for the no-op
+    # Nothing for the stage no-ops; the new date once (the repeated PATCH changed nothing).
+    assert len(deal_events.records) == 2 + len(moves)
+    [details] = of_type(events, "deal.details_changed")
+    assert str(details.data.expected_close_date) == "2030-01-31" and str(details.data.amount) == "1200.50"
     changes = of_type(events, "deal.stage_changed")
     assert [(e.data.from_stage, e.data.to_stage, e.data.probability) for e in changes] == [
         ("qualification", "proposal", 0.5),
@@ -546,6 +551,9 @@ async def test_unknown_deals_and_leads_are_404(client):
         ("PATCH", f"/v1/deals/{missing}", {"stage": "proposal"}),
         ("POST", f"/v1/deals/{missing}/won", {"amount": "1"}),
         ("POST", f"/v1/deals/{missing}/lost", {"reason": "x"}),
+        ("POST", f"/v1/deals/{missing}/accept", {}),
+        ("POST", f"/v1/deals/{missing}/reject", {"reason": "x"}),
+        ("POST", f"/v1/deals/{missing}/objections", {"objections": ["x"]}),
         ("POST", "/v1/deals", {"lead_id": str(missing)}),
         ("GET", f"/v1/customers/{missing}", None),
     ]:
@@ -610,3 +618,293 @@ async def test_nul_characters_in_stored_text_are_a_422_not_a_500(client, db, lea
         assert response.status_code == 422, (method, url, body, response.text)
         assert field in [e["field"] for e in response.json()["errors"]], (url, response.json())
     assert (await client.get(deal_path)).json()["stage"] == "qualification"
+
+
+# --- the handoff answered ---------------------------------------------------------------
+
+
+def instant(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def sla(deal: dict) -> tuple[datetime, datetime | None, bool | None]:
+    answer = deal["sla"]
+    return instant(answer["due_at"]), instant(answer["responded_at"]), answer["within_sla"]
+
+
+async def handoff(client, leads_out, at: datetime | None = None) -> tuple[Lead, dict]:
+    """A lead reaching SQL, and the deal that hands it over."""
+    lead = Lead()
+    await leads_out.publish_many(LEAD_EVENTS, [lead.created(), lead.moved("mql", "sql", at or now() - 10 * DAY)])
+    [deal] = await deals_of(client, lead)
+    return lead, deal
+
+
+async def test_a_handoff_awaits_an_answer_and_accepting_it_publishes_deal_accepted(client, leads_out, deal_events):
+    handed_at = now() - 3 * DAY
+    lead, deal = await handoff(client, leads_out, handed_at)
+    path = f"/v1/deals/{deal['deal_id']}"
+    assert deal["handoff"] is True and deal["origin"] == "lead_handoff"
+    assert deal["accepted_at"] is None and deal["rejected_at"] is None
+    # Three days old and unanswered: past the 24 hours (EMBUDO_SLA_ACCEPT_HOURS' default).
+    assert sla(deal) == (handed_at + DAY, None, False)
+
+    accepted_at = handed_at + timedelta(hours=2)
+    response = await client.post(f"{path}/accept", json={"occurred_at": accepted_at.isoformat()})
+    assert response.status_code == 200, response.text
+    accepted = response.json()
+    assert instant(accepted["accepted_at"]) == accepted_at and accepted["stage"] == "qualification"
+    assert sla(accepted) == (handed_at + DAY, accepted_at, True)
+    assert [h["to"] for h in accepted["history"]] == ["qualification"]  # accepting is no stage change
+
+    for suffix, body in (("/accept", {}), ("/reject", {"reason": "not a fit"})):
+        refused = await client.post(path + suffix, json=body)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["title"] == "Handoff already answered"
+    assert (await client.get(path)).json() == accepted
+
+    created, accepted_event = await deal_events.events(2)
+    await deal_events.quiet()
+    assert len(deal_events.records) == 2
+    assert created.type == "deal.created" and created.data.handoff is True
+    assert created.data.probability == 0.2 and created.data.expected_close_date is None
+    assert accepted_event.type == "deal.accepted" and accepted_event.key == str(lead.lead_id)
+    assert accepted_event.data.deal_id == uuid.UUID(deal["deal_id"]) and accepted_event.data.lead_id == lead.lead_id
+    assert accepted_event.data.occurred_at == accepted_at
+    assert (
+        accepted_event.data.lead_created_at == lead.created_at and accepted_event.data.attribution == lead.attribution
+    )
+
+
+async def test_accepting_without_a_body_means_now(client, leads_out):
+    _, deal = await handoff(client, leads_out, now() - timedelta(hours=1))
+    before = now()
+    response = await client.post(f"/v1/deals/{deal['deal_id']}/accept")
+    assert response.status_code == 200, response.text
+    assert datetime.fromisoformat(response.json()["accepted_at"]) >= before
+    assert response.json()["sla"]["within_sla"] is True
+
+
+async def test_a_rejected_handoff_is_closed_as_rejected_with_its_reason(client, leads_out, deal_events):
+    handed_at = now() - 3 * DAY
+    lead, deal = await handoff(client, leads_out, handed_at)
+    path = f"/v1/deals/{deal['deal_id']}"
+    assert (await client.post(f"{path}/reject", json={})).status_code == 422  # a reason is required
+    assert (await client.post(f"{path}/reject", json={"reason": "  "})).status_code == 422
+
+    rejected_at = handed_at + timedelta(hours=30)
+    response = await client.post(
+        f"{path}/reject", json={"reason": "no budget this year", "occurred_at": rejected_at.isoformat()}
+    )
+    assert response.status_code == 200, response.text
+    rejected = response.json()
+    assert rejected["stage"] == "rejected" and rejected["probability"] == 0.0
+    assert instant(rejected["rejected_at"]) == rejected_at and instant(rejected["closed_at"]) == rejected_at
+    assert rejected["rejection_reason"] == "no budget this year" and rejected["accepted_at"] is None
+    assert rejected["lost_reason"] is None
+    assert sla(rejected) == (handed_at + DAY, rejected_at, False)  # answered after 30 hours
+    assert [(h["from"], h["to"]) for h in rejected["history"]] == [
+        (None, "qualification"),
+        ("qualification", "rejected"),
+    ]
+
+    # Closed: nothing changes it any more.
+    for method, suffix, body in [
+        ("POST", "/accept", {}),
+        ("POST", "/reject", {"reason": "again"}),
+        ("PATCH", "", {"stage": "proposal"}),
+        ("PATCH", "", {"amount": "10"}),
+        ("POST", "/won", {"amount": "10"}),
+        ("POST", "/lost", {"reason": "x"}),
+        ("POST", "/objections", {"objections": ["too expensive"]}),
+    ]:
+        refused = await client.request(method, path + suffix, json=body)
+        assert refused.status_code == 409, (suffix, refused.text)
+    assert (await client.get(path)).json() == rejected
+    listed = (await client.get("/v1/deals", params={"stage": "rejected"})).json()["items"]
+    assert [d["deal_id"] for d in listed] == [deal["deal_id"]]
+
+    events = await deal_events.events(2)
+    await deal_events.quiet()
+    assert [e.type for e in events] == ["deal.created", "deal.rejected"]
+    assert len(deal_events.records) == 2
+    assert events[1].data.reason == "no budget this year" and events[1].data.occurred_at == rejected_at
+    assert events[1].data.lead_id == lead.lead_id and events[1].key == str(lead.lead_id)
+
+
+async def test_working_an_unanswered_handoff_accepts_it_at_that_moment(client, leads_out, deal_events):
+    handed_at = now() - 5 * DAY
+    moved, won, lost = [await handoff(client, leads_out, handed_at) for _ in range(3)]
+    at = handed_at + DAY + timedelta(hours=1)
+    # New details alone are no answer to the handoff.
+    details = await client.patch(f"/v1/deals/{moved[1]['deal_id']}", json={"amount": "900"})
+    assert details.status_code == 200 and details.json()["accepted_at"] is None
+
+    requests = [
+        (moved, "PATCH", "", {"stage": "proposal", "occurred_at": at.isoformat()}, "deal.stage_changed"),
+        (won, "POST", "/won", {"amount": "800", "occurred_at": at.isoformat()}, "deal.won"),
+        (lost, "POST", "/lost", {"reason": "price", "occurred_at": at.isoformat()}, "deal.lost"),
+    ]
+    for (_, deal), method, suffix, body, _ in requests:
+        response = await client.request(method, f"/v1/deals/{deal['deal_id']}{suffix}", json=body)
+        assert response.status_code == 200, response.text
+        assert instant(response.json()["accepted_at"]) == at
+        assert response.json()["sla"]["within_sla"] is False  # 25 hours after the handoff
+    # Accepted once: a later move is just a move.
+    later = await client.patch(f"/v1/deals/{moved[1]['deal_id']}", json={"stage": "negotiation"})
+    assert later.status_code == 200 and instant(later.json()["accepted_at"]) == at
+
+    events = await deal_events.events(3 + 1 + 3 * 2 + 1)
+    await deal_events.quiet()
+    assert len(deal_events.records) == 11
+    for (lead, deal), *_, change in requests:
+        of_deal = [e for e in events if str(e.data.deal_id) == deal["deal_id"]]
+        types = [e.type for e in of_deal if e.type not in ("deal.created", "deal.details_changed")]
+        assert types[:2] == ["deal.accepted", change], types  # accepted first, in the same transaction
+        assert of_deal[[e.type for e in of_deal].index("deal.accepted")].data.occurred_at == at
+        assert all(e.key == str(lead.lead_id) for e in of_deal)
+    assert len(of_type(events, "deal.accepted")) == 3
+    [amount] = of_type(events, "deal.details_changed")
+    assert str(amount.data.amount) == "900.00" and amount.data.currency == "EUR"
+
+
+async def test_deals_sales_opens_itself_are_no_handoffs(client, db, leads_out, deal_events):
+    lead, deal = await deal_for(client, db, leads_out, expected_close_date="2031-03-31", stage="proposal")
+    path = f"/v1/deals/{deal['deal_id']}"
+    assert deal["handoff"] is False and deal["origin"] == "api" and deal["sla"] is None
+    assert deal["accepted_at"] == deal["created_at"]  # taken by opening it
+    assert deal["expected_close_date"] == "2031-03-31"
+    for suffix, body in (("/accept", {}), ("/reject", {"reason": "no"})):
+        refused = await client.post(path + suffix, json=body)
+        assert refused.status_code == 409 and refused.json()["title"] == "Not a handoff", refused.text
+    assert (await client.post(f"{path}/won", json={"amount": "10"})).status_code == 200
+
+    events = await deal_events.events(2)
+    await deal_events.quiet()
+    assert [e.type for e in events] == ["deal.created", "deal.won"]  # no deal.accepted
+    created = events[0].data
+    assert created.handoff is False and created.probability == 0.5 and str(created.expected_close_date) == "2031-03-31"
+
+
+async def test_an_answer_is_not_dated_before_the_handoff_nor_in_the_future(client, leads_out, deal_events):
+    handed_at = now() - DAY
+    _, deal = await handoff(client, leads_out, handed_at)
+    path = f"/v1/deals/{deal['deal_id']}"
+    for suffix, body in (("/accept", {}), ("/reject", {"reason": "not a fit"})):
+        early = await client.post(path + suffix, json=body | {"occurred_at": (handed_at - DAY).isoformat()})
+        assert early.status_code == 409 and early.json()["title"] == "Out of order", early.text
+        assert "before the deal's created_at" in early.json()["detail"]
+        future = await client.post(path + suffix, json=body | {"occurred_at": (now() + DAY).isoformat()})
+        assert future.status_code == 422 and future.json()["errors"][0]["field"] == "occurred_at"
+    unanswered = (await client.get(path)).json()
+    assert unanswered["accepted_at"] is None and unanswered["stage"] == "qualification"
+    await deal_events.events(1)
+    await deal_events.quiet()
+    assert len(deal_events.records) == 1  # the refusals published nothing
+
+
+async def test_details_changes_are_published_as_they_are_now(client, db, leads_out, deal_events):
+    _, deal = await deal_for(client, db, leads_out, amount="100", occurred_at=(now() - 5 * DAY).isoformat())
+    path = f"/v1/deals/{deal['deal_id']}"
+    at = now() - 2 * DAY
+    steps = [
+        ({"amount": "250.5", "occurred_at": at.isoformat()}, 200),
+        ({"expected_close_date": "2031-01-15"}, 200),
+        ({"amount": "250.50", "expected_close_date": "2031-01-15"}, 200),  # as it is: nothing to publish
+        ({"amount": "300", "occurred_at": (now() - 6 * DAY).isoformat()}, 409),  # before the deal's created_at
+    ]
+    for body, status in steps:
+        response = await client.patch(path, json=body)
+        assert response.status_code == status, (body, response.text)
+
+    events = await deal_events.events(3)
+    await deal_events.quiet()
+    assert len(deal_events.records) == 3
+    first, second = (e.data for e in of_type(events, "deal.details_changed"))
+    assert (str(first.amount), first.expected_close_date, first.occurred_at) == ("250.50", None, at)
+    assert (str(second.amount), str(second.expected_close_date)) == ("250.50", "2031-01-15")
+    assert (await client.get(path)).json()["amount"] == "250.50"
+
+
+# --- objections ---------------------------------------------------------------------------
+
+
+async def test_objections_count_under_the_vocabularys_keys_and_keep_their_text(client, leads_out, deal_events):
+    _, open_deal = await handoff(client, leads_out)
+    path = f"/v1/deals/{open_deal['deal_id']}"
+    said = ["Too expensive", "too expensive!", "Pricey", "No budget", "Our CFO dislikes purple"]
+    at = now() - DAY
+    response = await client.post(f"{path}/objections", json={"objections": said, "occurred_at": at.isoformat()})
+    assert response.status_code == 200, response.text
+    recorded = response.json()["recorded_objections"]
+    assert [(o["key"], o["text"], o["stage"]) for o in recorded] == [
+        ("price", "Too expensive", "qualification"),
+        ("price", "too expensive!", "qualification"),
+        ("price", "Pricey", "qualification"),
+        ("budget", "No budget", "qualification"),
+        ("other", "Our CFO dislikes purple", "qualification"),
+    ]
+    assert response.json()["accepted_at"] is None  # hearing objections is no answer to the handoff
+    assert response.json()["objections"] == []  # the loss's objections, as before
+
+    won = await client.post(f"{path}/won", json={"amount": "100"})
+    assert won.status_code == 200
+    after_win = await client.post(f"{path}/objections", json={"objections": ["Not now"]})
+    assert after_win.status_code == 200, after_win.text
+    assert [(o["key"], o["stage"]) for o in after_win.json()["recorded_objections"]][-1] == ("timing", "won")
+
+    _, to_lose = await handoff(client, leads_out)
+    lost_path = f"/v1/deals/{to_lose['deal_id']}"
+    lost = await client.post(f"{lost_path}/lost", json={"reason": "price", "objections": ["TOO EXPENSIVE.", "meh"]})
+    assert lost.status_code == 200
+    assert lost.json()["objections"] == ["TOO EXPENSIVE.", "meh"]
+    assert [(o["key"], o["stage"]) for o in lost.json()["recorded_objections"]] == [
+        ("price", "lost"),
+        ("other", "lost"),
+    ]
+    refused = await client.post(f"{lost_path}/objections", json={"objections": ["too late"]})
+    assert refused.status_code == 409 and "lost" in refused.json()["detail"]
+    for body in ({"objections": []}, {}, {"objections": [" "]}, {"objections": ["x" * 201]}):
+        assert (await client.post(f"{path}/objections", json=body)).status_code == 422, body
+    assert (await client.post(f"/v1/deals/{uuid.uuid4()}/objections", json={"objections": ["x"]})).status_code == 404
+
+    events = await deal_events.events(8)
+    await deal_events.quiet()
+    assert len(deal_events.records) == 8  # 2 created, objections, accepted, won, objections, accepted, lost
+    first, second = of_type(events, "deal.objections_recorded")
+    assert [(o.key, o.text) for o in first.data.objections] == [(o["key"], o["text"]) for o in recorded]
+    assert first.data.occurred_at == at and first.data.deal_id == uuid.UUID(open_deal["deal_id"])
+    assert [(o.key, o.text) for o in second.data.objections] == [("timing", "Not now")]
+    [loss] = of_type(events, "deal.lost")
+    assert loss.data.objections == ["TOO EXPENSIVE.", "meh"]
+    assert [(o.key, o.text) for o in loss.data.normalised_objections] == [("price", "TOO EXPENSIVE."), ("other", "meh")]
+
+
+async def test_the_objections_vocabulary_is_readable(client):
+    response = await client.get("/v1/objections")
+    assert response.status_code == 200
+    items = response.json()["items"]
+    keys = [item["key"] for item in items]
+    assert keys[-1] == "other" and len(keys) == len(set(keys))
+    assert {"price", "budget", "timing", "competitor", "missing_feature", "no_decision_maker"} <= set(keys)
+    price = next(item for item in items if item["key"] == "price")
+    assert price["label"] == "Too expensive" and "pricey" in price["synonyms"]
+
+
+async def test_a_vocabulary_of_its_own_counts_objections_its_way(
+    make_settings, topics, topic_prefix, tmp_path, leads_out
+):
+    vocabulary = tmp_path / "objections.yaml"
+    vocabulary.write_text("objections:\n  cost:\n    label: Precio\n    synonyms: [caro]\n")
+    await ensure_topics(topics, ALL_TOPICS, prefix=topic_prefix)
+    settings = await make_settings(
+        SalesSettings, consumer_group=f"sales-{topic_prefix.rstrip('.')}", objections_config=vocabulary
+    )
+    async with serve(build_app(settings)) as client:
+        client.headers.update(AUTH)
+        assert [i["key"] for i in (await client.get("/v1/objections")).json()["items"]] == ["cost", "other"]
+        _, deal = await handoff(client, leads_out)
+        response = await client.post(
+            f"/v1/deals/{deal['deal_id']}/objections", json={"objections": ["¡Caro!", "price"]}
+        )
+        assert [o["key"] for o in response.json()["recorded_objections"]] == ["cost", "other"]
