@@ -61,4 +61,4 @@ dlq: install
 ## Rebuild the metrics projection from the topics next to the live one, then switch over
 ## (the service keeps running; uses the same EMBUDO_* settings); docs/operations.md.
 rebuild-metrics: install
-	$(PY) -m services.metrics.rebuild
+	$(PY) -m services.metrics.rebuild $(ARGS)

@@ -137,3 +137,33 @@ async def test_goals_come_through_a_rebuild_as_they_are(make_settings, topic_pre
         finally:
             await conn.close()
         assert [t["table_schema"] for t in tables] == ["metrics_state"]
+
+
+async def test_a_rebuild_brings_facts_the_live_projection_never_kept_when_told_to(make_settings, topic_prefix):
+    async with running_metrics(make_settings, topic_prefix) as metrics:
+        lead = Lead([("spring", "cpc", at("2025-03-02T09:00"))])
+        deal = uuid.uuid4()
+        await metrics.send([lead.created(), lead.stage("sql", at("2025-03-02T10:00")),
+                            lead.deal_created(deal, at("2025-03-02T10:00"), handoff=True, probability=0.2),
+                            lead.accepted(deal, at("2025-03-02T12:00"))])  # fmt: skip
+        settings = metrics.app.state.settings
+        # A projection from before these facts were kept (its release ignored the events).
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("UPDATE leads SET mql_at = NULL, sql_at = NULL; UPDATE deals SET handoff = false")
+        finally:
+            await conn.close()
+        assert (await metrics.kpis(**MARCH))["sla"]["handoffs"] == 0
+
+        refused = await rebuild(settings)
+        assert not refused.switched and refused.before != refused.after
+        assert (await metrics.kpis(**MARCH))["sla"]["handoffs"] == 0
+
+        accepted = await rebuild(settings, accept_differences=True)
+        assert accepted.switched
+        report = io.StringIO()
+        print_outcome(accepted, report)
+        assert "DIFFERENT" in report.getvalue() and "switched: the rebuilt projection is live" in report.getvalue()
+        kpis = await metrics.kpis(**MARCH)
+        assert kpis["sla"]["handoffs"] == 1 and kpis["sla"]["responded_within_sla"] == 1
+        assert kpis["stage_reached"] == {"mql": 1, "sql": 1, "opportunity": 1, "customer": 0}
