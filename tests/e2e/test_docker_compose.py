@@ -10,7 +10,6 @@ use the defaults. The compose file itself is the one users run, unchanged."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import time
@@ -196,7 +195,9 @@ def leads_only(n: int) -> dict[str, int]:
     return {"leads": n, "mql": 0, "sql": 0, "opportunity": 0, "customer": 0}
 
 
-def test_compose_up_runs_the_funnel_and_a_down_and_up_loses_nothing(compose: Compose):
+async def test_compose_up_runs_the_funnel_and_a_down_and_up_loses_nothing(compose: Compose):
+    # Async only for the broker and database checks; pytest-asyncio owns the event loop
+    # (asyncio.run here would close it under every later test).
     # One real build first; the other three services' builds then hit its layers (in
     # parallel, all four would do the same work at once on a 2-core machine).
     compose.run("build", "ingest")
@@ -210,8 +211,8 @@ def test_compose_up_runs_the_funnel_and_a_down_and_up_loses_nothing(compose: Com
     # listener follows EMBUDO_KAFKA_HOST_PORT), and the init script made the services' databases.
     bootstrap = f"127.0.0.1:{compose.ports['kafka']}"
     submitted = client.submissions.copy()
-    assert asyncio.run(submissions_on_the_broker(bootstrap)) == submitted
-    databases = asyncio.run(databases_on_the_server(compose.ports["postgres"]))
+    assert await submissions_on_the_broker(bootstrap) == submitted
+    databases = await databases_on_the_server(compose.ports["postgres"])
     assert {"embudo_leads", "embudo_sales", "embudo_metrics"} <= databases
 
     compose.run("down")  # containers gone, volumes kept
@@ -220,7 +221,7 @@ def test_compose_up_runs_the_funnel_and_a_down_and_up_loses_nothing(compose: Com
 
     # The projections (Postgres volume) and the topics (Kafka volume) are as they were.
     assert client.kpis() == before
-    assert asyncio.run(submissions_on_the_broker(bootstrap)) == submitted
+    assert await submissions_on_the_broker(bootstrap) == submitted
     client.submit("di@example.com", "spring")
     client.clicks("spring", 5)
     client.kpis_settle_at({"leads_generated": 4, "clicks": 45, "funnel": leads_only(4)})
