@@ -81,7 +81,10 @@ ensure_role_and_databases() {
   ELSE
     ALTER ROLE $ROLE LOGIN CREATEDB PASSWORD '$PASSWORD';
   END IF;
-END \$\$;"
+END \$\$;
+-- DROP DATABASE ... WITH (FORCE) must be able to end an autovacuum worker in the database,
+-- which Postgres 15 checks as signalling another role's backend.
+GRANT pg_signal_backend TO $ROLE;"
   for db in "${DATABASES[@]}"; do
     sql+="
 SELECT 'CREATE DATABASE $db OWNER $ROLE' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db') \\gexec"
