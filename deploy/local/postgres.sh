@@ -75,7 +75,8 @@ ensure_running() {
 # Idempotent: the role's password/flags are (re)set every time, databases only created if absent.
 ensure_role_and_databases() {
   local sql db
-  sql="DO \$\$ BEGIN
+  sql="SET client_min_messages = warning;
+DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
     CREATE ROLE $ROLE LOGIN CREATEDB PASSWORD '$PASSWORD';
   ELSE

@@ -182,7 +182,7 @@ async def _apply_submissions(uow: UnitOfWork, queued: list[_Queued]) -> dict[uui
         lead_id = row["lead_id"]
         first_of_lead = lead_id not in summaries
         if first_of_lead:
-            summary = LeadSummary.of(sub) if created else LeadSummary.model_validate(row["summary"]).add(sub)
+            summary = LeadSummary.of(sub) if created else LeadSummary.model_validate_json(row["summary_json"]).add(sub)
         else:
             summary = summaries[lead_id].add(sub)
         if q.visitor is not None:

@@ -20,10 +20,18 @@ VISIT_COLUMNS = "occurred_at, campaign_id, channel, source, term, content, page_
 _VISITOR_LOCK = 0x76697369  # "visi"
 
 
+# What a batch of submissions needs of a lead it locks; the summary as JSON text, which
+# pydantic parses faster than the json codec's dict.
+_LOCKED = "lead_id, email, stage, summary::text AS summary_json"
+
+
 async def lock_leads_by_email(conn: asyncpg.Connection, emails: Sequence[str]) -> list[asyncpg.Record]:
-    """The leads of `emails` that exist, row-locked in email order: two transactions locking
-    some of the same leads wait for each other instead of deadlocking."""
-    return await conn.fetch("SELECT * FROM leads WHERE email = ANY($1::text[]) ORDER BY email FOR UPDATE", list(emails))
+    """(lead_id, email, stage, summary_json) of the leads of `emails` that exist, row-locked
+    in email order: two transactions locking some of the same leads wait for each other
+    instead of deadlocking."""
+    return await conn.fetch(
+        f"SELECT {_LOCKED} FROM leads WHERE email = ANY($1::text[]) ORDER BY email FOR UPDATE", list(emails)
+    )
 
 
 async def insert_leads(
@@ -31,9 +39,10 @@ async def insert_leads(
 ) -> list[asyncpg.Record]:
     """Create a lead per (email, a first submission) with its creation row in the stage
     history; returns the leads created (each insert holds its row lock). An email a
-    concurrent first submission created first is left out: ON CONFLICT makes the two one lead."""
+    concurrent first submission created first is left out: ON CONFLICT makes the two one lead.
+    Rows as lock_leads_by_email's."""
     return await conn.fetch(
-        """WITH lead AS (
+        f"""WITH lead AS (
                INSERT INTO leads (lead_id, email, created_at, first_touch, last_touch)
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::jsonb[], $4::jsonb[])
                ORDER BY 2
@@ -43,7 +52,7 @@ async def insert_leads(
                INSERT INTO stage_history (lead_id, from_stage, to_stage, reason, occurred_at)
                SELECT lead_id, NULL, stage, $5, created_at FROM lead
            )
-           SELECT * FROM lead""",
+           SELECT {_LOCKED} FROM lead""",
         [uuid.uuid4() for _ in firsts],
         [email for email, _ in firsts],
         [first.occurred_at for _, first in firsts],

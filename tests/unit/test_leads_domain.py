@@ -22,6 +22,7 @@ from services.leads.domain import (
     Visit,
     check_move,
     check_stage_time,
+    newest_visitors,
     promotes_to_mql,
     scored,
     submission_from,
@@ -377,3 +378,12 @@ def test_leads_refuses_to_start_without_api_tokens_outside_dev():
     with pytest.raises(SystemExit, match="EMBUDO_API_TOKENS"):
         build_app(settings)
     assert build_app(LeadsSettings(env="dev", database_url="postgresql://unused/leads"))  # dev-api-token
+
+
+def test_newest_visitors_keeps_the_most_recently_seen_sorted_by_id():
+    seen = {"v-c": T0, "v-a": T0 + timedelta(minutes=2), "v-b": T0 + timedelta(minutes=1), "v-d": T0}
+    assert newest_visitors(seen, 10) == ["v-a", "v-b", "v-c", "v-d"]
+    assert newest_visitors(seen, 2) == ["v-a", "v-b"]
+    # equal times: the larger id is kept, by code point ("a" > "B"), as the store orders them
+    assert newest_visitors({"B": T0, "a": T0, "C": T0}, 1) == ["a"]
+    assert newest_visitors({}, 3) == []
