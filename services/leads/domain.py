@@ -329,6 +329,7 @@ def scored(summary: LeadSummary, rules: ScoringRules) -> ScoredLead:
 # --- lifecycle -------------------------------------------------------------------------
 
 # Forward moves may skip a stage; disqualified only before sql; recycling only back to lead.
+# sql -> mql is not among them: only sales rejecting the handoff returns a lead (returns_handoff).
 ALLOWED_MOVES: frozenset[tuple[str, str]] = frozenset(
     {
         ("lead", "mql"),
@@ -387,6 +388,18 @@ def check_stage_time(
         raise OutOfOrder(
             "occurred_at", f"occurred_at is earlier than the lead's last stage change ({last_change_at.isoformat()})"
         )
+
+
+def handoff_rejected_reason(reason: str) -> str:
+    """The reason a lead's history gives for its return to mql."""
+    return f"handoff rejected: {reason}"
+
+
+def returns_handoff(stage: str, last_change_at: datetime | None, rejected_at: datetime) -> bool:
+    """Sales rejecting a lead's handoff returns the lead to mql, if the lead is still in sql
+    from that handoff: not when it has moved since (a copy of the rejection, or one that
+    arrives after marketing handed the lead over again, whose sql is later than it)."""
+    return stage == "sql" and (last_change_at is None or last_change_at <= rejected_at)
 
 
 def promotes_to_mql(score: int, stage: str, threshold: int | None) -> bool:

@@ -5,7 +5,21 @@ from __future__ import annotations
 from functools import partial
 
 from shared.consumer import Handlers
-from shared.events import Envelope, FormSubmission, PageView
+from shared.events import (
+    CustomerRevenueRecorded,
+    DealAccepted,
+    DealCreated,
+    DealDetailsChanged,
+    DealLost,
+    DealObjectionsRecorded,
+    DealRejected,
+    DealStageChanged,
+    DealWon,
+    Envelope,
+    EventData,
+    FormSubmission,
+    PageView,
+)
 from shared.uow import UnitOfWork
 
 from . import service
@@ -25,8 +39,27 @@ async def on_page_view(
     await service.record_page_view(uow, event, rules, mql_threshold)
 
 
+async def on_deal_rejected(event: Envelope[DealRejected], uow: UnitOfWork) -> None:
+    data = event.data
+    await service.return_handoff(uow, data.lead_id, data.reason, data.occurred_at)
+
+
+# Of sales' deal events leads needs only the rejected handoff, which returns a lead to it.
+IGNORED: tuple[type[EventData], ...] = (
+    DealCreated,
+    DealDetailsChanged,
+    DealAccepted,
+    DealObjectionsRecorded,
+    DealStageChanged,
+    DealWon,
+    DealLost,
+    CustomerRevenueRecorded,
+)
+
+
 def build_handlers(rules: ScoringRules, mql_threshold: int | None) -> Handlers:
     return {
         FormSubmission: partial(on_form_submission, rules=rules, mql_threshold=mql_threshold),
         PageView: partial(on_page_view, rules=rules, mql_threshold=mql_threshold),
+        DealRejected: on_deal_rejected,
     }

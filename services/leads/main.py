@@ -7,10 +7,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from shared.app import ServiceSpec, create_app
-from shared.topics import FORM_SUBMISSIONS, PAGE_VIEWS
+from shared.topics import DEAL_EVENTS, FORM_SUBMISSIONS, PAGE_VIEWS
 
 from .api import router
-from .handlers import build_handlers
+from .handlers import IGNORED, build_handlers
 from .settings import LeadsSettings, load_scoring_rules
 
 
@@ -24,8 +24,9 @@ def build_app(settings: LeadsSettings | None = None) -> FastAPI:
             settings=settings,
             routers=[router],
             migrations=Path(__file__).parent / "migrations",
-            consumes=[FORM_SUBMISSIONS, PAGE_VIEWS],
+            consumes=[FORM_SUBMISSIONS, PAGE_VIEWS, DEAL_EVENTS],
             handlers=build_handlers(rules, settings.mql_threshold),
+            ignores=IGNORED,
             uses_outbox=True,
         )
     )

@@ -40,8 +40,10 @@ from .domain import (
     Visit,
     check_move,
     check_stage_time,
+    handoff_rejected_reason,
     newest_visitors,
     promotes_to_mql,
+    returns_handoff,
     scored,
     submission_from,
     visit_from,
@@ -366,6 +368,17 @@ async def move_stage(
         )
         updated = await change_stage(uow, lead, to_stage, reason, occurred_at)
         return await _detail(uow.conn, updated)
+
+
+async def return_handoff(uow: UnitOfWork, lead_id: uuid.UUID, reason: str, rejected_at: datetime) -> None:
+    """Sales rejected the lead's handoff (deal.rejected): the lead goes back to mql, the
+    reason in its history, for marketing to nurture and hand over again."""
+    lead = await store.lock_lead(uow.conn, lead_id)
+    if lead is None:  # sales only knows leads that leads created; nothing to return
+        return
+    last_change = await store.last_stage_change_at(uow.conn, lead_id)
+    if returns_handoff(lead["stage"], last_change, rejected_at):
+        await change_stage(uow, lead, "mql", handoff_rejected_reason(reason), rejected_at)
 
 
 # --- queries -----------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from services.leads import store
 from services.leads.main import build_app
 from services.leads.service import TOUCHES_SHOWN, change_stage, record_page_view, record_submission
 from services.leads.settings import LeadsSettings, load_scoring_rules
-from shared.events import Envelope, FormSubmission, PageView, Utm
+from shared.events import DealRejected, Envelope, FormSubmission, PageView, Utm
 from shared.kafka import EventProducer
 from shared.pagination import encode_cursor
-from shared.topics import FORM_SUBMISSIONS, LEAD_EVENTS, PAGE_VIEWS, ensure_topics
+from shared.topics import DEAL_EVENTS, FORM_SUBMISSIONS, LEAD_EVENTS, PAGE_VIEWS, ensure_topics
 from shared.uow import unit_of_work
 from tests.support import eventually, serve
 
@@ -383,6 +383,66 @@ async def test_a_stage_change_with_an_explicit_time_is_kept_and_published(leads,
         problem = response.json()
         assert (problem["errors"][0]["field"] if status == 422 else problem["field"]) == "occurred_at"
     assert (await leads.detail(lead_id))["stage"] == "mql"
+
+
+# --- the handoff returned ----------------------------------------------------------------------
+
+
+def rejection(changed: Envelope, reason: str, at: datetime) -> Envelope:
+    """The deal.rejected sales publishes for the deal a lead's move to sql (`changed`) opened."""
+    lead = changed.data
+    data = DealRejected(
+        deal_id=uuid.uuid4(),
+        lead_id=lead.lead_id,
+        lead_created_at=lead.created_at,
+        attribution=lead.attribution,
+        reason=reason,
+        occurred_at=at,
+    )
+    return Envelope.wrap(data, source="sales", key=str(lead.lead_id), occurred_at=at)
+
+
+async def test_a_rejected_handoff_returns_the_lead_to_mql_once_and_only_from_that_handoff(leads, producer, lead_events):
+    await publish(producer, submission("ka@example.com", 0))
+    lead_id = (await leads.wait_for("ka@example.com"))["lead_id"]
+    first_sql = T0 + timedelta(days=1)
+    assert (await leads.move(lead_id, "sql", occurred_at=first_sql.isoformat())).status_code == 200
+    [_, handed] = await lead_events.events(2)
+
+    rejected = rejection(handed, "no budget this year", first_sql + timedelta(hours=5))
+    await producer.publish_many(DEAL_EVENTS, [rejected, rejected])  # and a redelivery
+
+    async def returned():
+        detail = await leads.detail(lead_id)
+        return detail if detail["stage"] == "mql" else None
+
+    detail = await eventually(returned)
+    returned_entry = detail["stage_history"][-1]
+    assert (returned_entry["from"], returned_entry["to"], returned_entry["reason"]) == (
+        "sql", "mql", "handoff rejected: no budget this year"
+    )  # fmt: skip
+    assert parse(returned_entry["occurred_at"]) == rejected.data.occurred_at
+    [_, _, back] = await lead_events.events(3)
+    assert (back.type, back.data.from_stage, back.data.to_stage, back.occurred_at) == (
+        "lead.stage_changed", "sql", "mql", rejected.data.occurred_at
+    )  # fmt: skip
+
+    # Marketing hands it over again; a copy of the old rejection arriving now is not this
+    # handoff's answer: applied (recorded as processed) and the lead stays in sql.
+    second_sql = first_sql + timedelta(days=3)
+    assert (await leads.move(lead_id, "sql", occurred_at=second_sql.isoformat())).status_code == 200
+    late_copy = rejection(handed, "no budget this year", first_sql + timedelta(hours=5))
+    await producer.publish_many(DEAL_EVENTS, [late_copy])
+    pool = leads.app.state.pool
+    sql = "SELECT count(*) FROM processed_events WHERE event_id = $1"
+    await eventually(lambda: pool.fetchval(sql, late_copy.event_id))
+    detail = await leads.detail(lead_id)
+    assert detail["stage"] == "sql"
+    assert [(h["from"], h["to"]) for h in detail["stage_history"]] == [
+        (None, "lead"), ("lead", "sql"), ("sql", "mql"), ("mql", "sql")
+    ]  # fmt: skip
+    events = await lead_events.events(4)
+    assert len(await lead_events.quiet(1.5)) == len(events) == 4
 
 
 # --- the outbox ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.leads.handlers import IGNORED as LEADS_IGNORED
 from services.leads.handlers import build_handlers as leads_handlers
 from services.leads.settings import DEFAULT_SCORING_CONFIG, load_scoring_rules
 from services.metrics.handlers import HANDLERS as METRICS_HANDLERS
@@ -32,7 +33,7 @@ def test_a_handler_declares_the_payloads_it_takes():
 
 def test_the_four_services_handlers_fit_their_topics():
     rules = load_scoring_rules(DEFAULT_SCORING_CONFIG)
-    check_handlers([FORM_SUBMISSIONS, PAGE_VIEWS], leads_handlers(rules, None), ())
+    check_handlers([FORM_SUBMISSIONS, PAGE_VIEWS, DEAL_EVENTS], leads_handlers(rules, None), LEADS_IGNORED)
     check_handlers([LEAD_EVENTS], sales_handlers("EUR"), ())
     check_handlers([PAGE_VIEWS, CAMPAIGN_EVENTS, LEAD_EVENTS, DEAL_EVENTS], METRICS_HANDLERS, METRICS_IGNORED)
 
