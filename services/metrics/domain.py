@@ -3,13 +3,15 @@ the published KPIs (docs/kpis.md is the same text for people). No I/O here."""
 
 from __future__ import annotations
 
-import calendar
 import hashlib
+import itertools
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, available_timezones
 
 from shared.errors import InvalidField
 from shared.events import is_rfc3339
@@ -32,18 +34,40 @@ class InvalidQuery(InvalidField):
 
 _DATE = re.compile(r"\d{4}-\d\d-\d\d")
 
+# The IANA zones this machine's tz database holds (`localtime` and `posixrules` are aliases
+# of the machine's own configuration, not names of a place).
+TIME_ZONES: frozenset[str] = frozenset(available_timezones() - {"localtime", "posixrules"})
 
-def parse_instant(text: str, field: str) -> datetime:
-    """RFC 3339: a date (= that day's UTC midnight) or a datetime with an offset, in UTC."""
+
+def time_zone(name: str, field: str = "tz") -> ZoneInfo:
+    """An IANA time zone by name (`Europe/Madrid`); an unknown name is an invalid `field`."""
+    if name not in TIME_ZONES:
+        raise InvalidQuery(field, "unknown time zone: expected an IANA name such as Europe/Madrid or UTC")
+    return ZoneInfo(name)
+
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant of `day` in `zone`, in UTC. Where a DST gap swallows midnight, the
+    day starts at the gap (fold=0 reads the missing time with the offset before it)."""
+    return datetime.combine(day, time(0), zone).astimezone(UTC)
+
+
+def parse_instant(text: str, field: str, zone: ZoneInfo = UTC_ZONE) -> datetime:
+    """RFC 3339: a date (= that day's midnight in `zone`) or a datetime with an offset, in UTC."""
     text = text.strip()
     try:
         if _DATE.fullmatch(text):
-            return datetime.combine(date.fromisoformat(text), time(0), UTC)
+            return local_midnight(date.fromisoformat(text), zone)
         if not is_rfc3339(text):
             raise ValueError(text)
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidQuery(field, "expected an RFC 3339 date (2025-01-31) or datetime with offset") from None
+    except OverflowError:
+        raise InvalidQuery(field, "out of range") from None
     if parsed.tzinfo is None:
         raise InvalidQuery(field, "a datetime needs an offset (Z or +hh:mm); naive times are ambiguous")
     try:
@@ -58,13 +82,13 @@ class Period:
     end: datetime  # exclusive
 
 
-def resolve_period(from_text: str | None, to_text: str | None, now: datetime) -> Period:
-    """Defaults: `to` = the end of today (UTC), `from` = 30 days before `to`. Whole days keep
-    the default stable all day long, so a polling dashboard gets 304s. A given but empty
+def resolve_period(from_text: str | None, to_text: str | None, now: datetime, zone: ZoneInfo = UTC_ZONE) -> Period:
+    """Defaults: `to` = the end of today (in `zone`), `from` = 30 days before `to`. Whole days
+    keep the default stable all day long, so a polling dashboard gets 304s. A given but empty
     `from` or `to` is invalid, not the default."""
-    end = parse_instant(to_text, "to") if to_text is not None else _end_of_day(now)
+    end = parse_instant(to_text, "to", zone) if to_text is not None else _end_of_day(now, zone)
     try:
-        start = parse_instant(from_text, "from") if from_text is not None else end - DEFAULT_PERIOD
+        start = parse_instant(from_text, "from", zone) if from_text is not None else end - DEFAULT_PERIOD
     except OverflowError:
         raise InvalidQuery("to", "out of range") from None
     # `from` at or after `to` is an empty period: it holds nothing, so every count is 0 (and a
@@ -72,37 +96,47 @@ def resolve_period(from_text: str | None, to_text: str | None, now: datetime) ->
     return Period(start, max(start, end))
 
 
-def _end_of_day(now: datetime) -> datetime:
-    return datetime.combine(now.astimezone(UTC).date(), time(0), UTC) + timedelta(days=1)
+def _end_of_day(now: datetime, zone: ZoneInfo) -> datetime:
+    return local_midnight(now.astimezone(zone).date() + timedelta(days=1), zone)
 
 
-def _add_months(moment: datetime, months: int) -> datetime:
-    """The same day and time `months` later, clamped to the month's last day (Jan 31 → Feb 28)."""
-    month_index = moment.month - 1 + months
-    year, month = moment.year + month_index // 12, month_index % 12 + 1
-    last_day = calendar.monthrange(year, month)[1]
-    return moment.replace(year=year, month=month, day=min(moment.day, last_day))
+def _interval_start(day: date, interval: Interval) -> date:
+    """The local day starting the day's, ISO week's (Monday) or calendar month's bucket."""
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    if interval == "month":
+        return day.replace(day=1)
+    return day
 
 
-def bucket_periods(period: Period, interval: Interval, max_buckets: int) -> list[Period]:
-    """Consecutive buckets from `from`, one interval long; the last one ends at `to`."""
-    buckets: list[Period] = []
-    start = period.start
-    while start < period.end:
-        if len(buckets) == max_buckets:
-            raise InvalidQuery("interval", f"more than {max_buckets} buckets: choose a longer interval or period")
+def _next_interval(day: date, interval: Interval) -> date:
+    if interval == "day":
+        return day + timedelta(days=1)
+    if interval == "week":
+        return day + timedelta(weeks=1)
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def bucket_periods(period: Period, interval: Interval, max_buckets: int, zone: ZoneInfo = UTC_ZONE) -> list[Period]:
+    """The period cut at every local midnight starting a day, an ISO week (Monday) or a
+    calendar month in `zone`: a local day lasts 23 or 25 hours across a DST change, and the
+    first and last buckets are partial when `from` / `to` fall inside an interval."""
+    bounds = [period.start]
+    if period.start < period.end:
         try:
-            if interval == "day":
-                next_start = start + timedelta(days=1)
-            elif interval == "week":
-                next_start = start + timedelta(weeks=1)
-            else:
-                next_start = _add_months(period.start, len(buckets) + 1)
-        except (OverflowError, ValueError):
-            next_start = period.end
-        buckets.append(Period(start, min(next_start, period.end)))
-        start = next_start
-    return buckets
+            day = _interval_start(period.start.astimezone(zone).date(), interval)
+            while (boundary := local_midnight(day, zone)) < period.end:
+                if boundary > period.start:
+                    if len(bounds) == max_buckets:
+                        raise InvalidQuery(
+                            "interval", f"more than {max_buckets} buckets: choose a longer interval or period"
+                        )
+                    bounds.append(boundary)
+                day = _next_interval(day, interval)
+        except (OverflowError, ValueError):  # past year 9999: the period's end closes it
+            pass
+        bounds.append(period.end)
+    return [Period(start, end) for start, end in itertools.pairwise(bounds)]
 
 
 def cut_hours(buckets: list[Period]) -> list[datetime]:
@@ -163,6 +197,10 @@ class RawAggregates:
     open_value: Decimal = Decimal(0)
     weighted_value: Decimal = Decimal(0)
     forecast_open: Decimal = Decimal(0)  # weighted value of open deals expected to close in the rest of it
+    # The shares of the recorded costs (PUT /v1/costs) falling in the period; ad spend is `spend`.
+    media_costs: Decimal = Decimal(0)  # category media, either team
+    marketing_costs: Decimal = Decimal(0)  # team marketing
+    sales_costs: Decimal = Decimal(0)  # team sales
 
 
 FOUR_PLACES = Decimal("0.0001")
@@ -188,12 +226,17 @@ def kpis(raw: RawAggregates) -> dict[str, Any]:
     """The KPI fields of one group, in the order of the public contract."""
     revenue = raw.won_revenue + raw.recorded_revenue
     cac = raw.spend / raw.new_customers if raw.new_customers else None
+    marketing_costs = raw.spend + raw.marketing_costs
+    total_costs = marketing_costs + raw.sales_costs
+    cac_full = total_costs / raw.new_customers if raw.new_customers else None
     ltv = raw.new_customers_lifetime_revenue / raw.new_customers if raw.new_customers else None
     visitor_to_lead = ratio(raw.visitors_who_became_leads, raw.visitors)
     return {
         "cac": money(cac),
+        "cac_full": money(cac_full),
         "conversion_rate": visitor_to_lead,
         "roi": ratio(revenue - raw.spend, raw.spend),
+        "roas": ratio(revenue, raw.spend),
         "leads_generated": raw.leads,
         "close_rate": ratio(raw.customer, raw.leads),
         "sales_cycle_days": {
@@ -208,6 +251,12 @@ def kpis(raw: RawAggregates) -> dict[str, Any]:
         "impressions": raw.impressions,
         "clicks": raw.clicks,
         "spend": money(raw.spend),
+        "costs": {
+            "media": money(raw.spend + raw.media_costs),
+            "marketing": money(marketing_costs),
+            "sales": money(raw.sales_costs),
+            "total": money(total_costs),
+        },
         "funnel": {
             "leads": raw.leads,
             "mql": raw.mql,
@@ -273,6 +322,65 @@ def etag_matches(if_none_match: str | None, current: str) -> bool:
     # Weak comparison (RFC 9110 §13.1.2): W/ prefixes are ignored.
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
     return current.removeprefix("W/") in candidates
+
+
+# --- full costs -------------------------------------------------------------------------
+
+CostCategory = Literal["media", "salaries", "tools", "agency", "events", "other"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A cost spread evenly over the time of its period (PUT /v1/costs)."""
+
+    category: str
+    team: str
+    amount: Decimal  # in cents' precision
+    period: Period
+    campaign_id: str | None = None
+    channel: str | None = None
+
+
+def _micros(span: timedelta) -> int:
+    return span // timedelta(microseconds=1)
+
+
+def cost_share(amount: Decimal, cost: Period, part: Period) -> Decimal:
+    """The share of `amount` spread over `cost` that falls in `part`, pro rata by time, to the
+    cent: the amount accrued by part's end minus that accrued by its start, each rounded half
+    up to the cent. Rounding the running total (not each share) makes the shares of any split
+    of the cost's period into consecutive parts add up to exactly `amount`."""
+    cents, total = int(amount * 100), _micros(cost.end - cost.start)
+
+    def accrued(moment: datetime) -> int:  # cents accrued by `moment`, rounded half up
+        elapsed = min(total, max(0, _micros(moment - cost.start)))
+        return (2 * cents * elapsed + total) // (2 * total)
+
+    if part.end <= part.start:
+        return Decimal(0).quantize(CENTS)
+    return (Decimal(accrued(part.end) - accrued(part.start)) / 100).quantize(CENTS)
+
+
+def allocate_costs(
+    costs: Iterable[Cost], buckets: Sequence[Period], by: BreakdownBy | None = None
+) -> dict[tuple[int, str | None], RawAggregates]:
+    """Each cost's share of each bucket, summed per (bucket, the cost's campaign or channel
+    for a breakdown) into the cost fields of RawAggregates."""
+    groups: dict[tuple[int, str | None], RawAggregates] = {}
+    for cost in costs:
+        dim = cost.campaign_id if by == "campaign" else cost.channel if by == "channel" else None
+        for i, bucket in enumerate(buckets):
+            if bucket.end <= cost.period.start or bucket.start >= cost.period.end:
+                continue
+            share = cost_share(cost.amount, cost.period, bucket)
+            raw = groups.setdefault((i, dim), RawAggregates())
+            if cost.category == "media":
+                raw.media_costs += share
+            if cost.team == "marketing":
+                raw.marketing_costs += share
+            else:
+                raw.sales_costs += share
+    return groups
 
 
 # --- shared goals -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -54,24 +55,27 @@ def test_from_at_or_after_to_is_an_empty_period_with_no_buckets():
     assert bucket_periods(empty, "day", 366) == []
 
 
-def test_buckets_start_at_from_and_the_last_ends_at_to():
+def test_buckets_are_calendar_intervals_with_partial_first_and_last_ones():
+    # Day buckets are UTC days (the default zone): a `from` at noon starts a partial day.
     period = Period(utc(2025, 3, 1, 12), utc(2025, 3, 4))
     assert bucket_periods(period, "day", 366) == [
-        Period(utc(2025, 3, 1, 12), utc(2025, 3, 2, 12)),
-        Period(utc(2025, 3, 2, 12), utc(2025, 3, 3, 12)),
-        Period(utc(2025, 3, 3, 12), utc(2025, 3, 4)),
+        Period(utc(2025, 3, 1, 12), utc(2025, 3, 2)),
+        Period(utc(2025, 3, 2), utc(2025, 3, 3)),
+        Period(utc(2025, 3, 3), utc(2025, 3, 4)),
     ]
+    # Weeks are ISO weeks: March 1, 2025 is a Saturday, so the first bucket ends on Monday the 3rd.
     weeks = bucket_periods(Period(utc(2025, 3, 1), utc(2025, 4, 1)), "week", 366)
-    assert [b.start.day for b in weeks] == [1, 8, 15, 22, 29] and weeks[-1].end == utc(2025, 4, 1)
+    assert [(b.start.day, b.end.day) for b in weeks] == [(1, 3), (3, 10), (10, 17), (17, 24), (24, 31), (31, 1)]
 
 
-def test_month_buckets_clamp_to_the_end_of_short_months():
-    months = bucket_periods(Period(utc(2025, 1, 31), utc(2025, 5, 1)), "month", 366)
+def test_month_buckets_are_calendar_months():
+    months = bucket_periods(Period(utc(2025, 1, 31), utc(2025, 5, 10)), "month", 366)
     assert [(b.start.date().isoformat(), b.end.date().isoformat()) for b in months] == [
-        ("2025-01-31", "2025-02-28"),
-        ("2025-02-28", "2025-03-31"),
-        ("2025-03-31", "2025-04-30"),
-        ("2025-04-30", "2025-05-01"),
+        ("2025-01-31", "2025-02-01"),
+        ("2025-02-01", "2025-03-01"),
+        ("2025-03-01", "2025-04-01"),
+        ("2025-04-01", "2025-05-01"),
+        ("2025-05-01", "2025-05-10"),
     ]
 
 
@@ -90,13 +94,13 @@ def test_cut_hours_are_the_utc_hours_a_boundary_falls_inside():
     assert cut_hours([Period(utc(2025, 3, 1, 10, 5), utc(2025, 3, 1, 10, 55))]) == [utc(2025, 3, 1, 10)]
 
     # Local days in India (+05:30): every boundary cuts an hour; in Madrid (+01:00) none does.
-    def days(offset: str) -> list[Period]:
-        start, end = (parse_instant(f"2025-03-0{d}T00:00:00{offset}", "from") for d in (1, 4))
-        return bucket_periods(Period(start, end), "day", 366)
+    def days(zone: str) -> list[Period]:
+        start, end = (parse_instant(f"2025-03-0{d}", "from", ZoneInfo(zone)) for d in (1, 4))
+        return bucket_periods(Period(start, end), "day", 366, ZoneInfo(zone))
 
-    assert cut_hours(days("+05:30")) == [utc(2025, 2, 28, 18), utc(2025, 3, 1, 18), utc(2025, 3, 2, 18),
+    assert cut_hours(days("Asia/Kolkata")) == [utc(2025, 2, 28, 18), utc(2025, 3, 1, 18), utc(2025, 3, 2, 18),
                                          utc(2025, 3, 3, 18)]  # fmt: skip
-    assert cut_hours(days("+01:00")) == []
+    assert cut_hours(days("Europe/Madrid")) == []
     # An aligned boundary next to a cut one in the same hour: the hour is still cut.
     assert cut_hours(
         [Period(utc(2025, 3, 1, 9), utc(2025, 3, 1, 10)), Period(utc(2025, 3, 1, 10), utc(2025, 3, 1, 10, 30))]
