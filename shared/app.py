@@ -21,6 +21,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from shared.auth import warn_about_bare_tokens
 from shared.consumer import EventConsumer, Handlers, check_handlers
 from shared.db import apply_migrations, create_pool
 from shared.events import EventData
@@ -67,6 +68,7 @@ async def supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
 def create_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
     check_handlers(spec.consumes, spec.handlers, spec.ignores)  # a mismatch stops start-up here
+    warn_about_bare_tokens(spec.settings.tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,5 +1,5 @@
 """HTTP plumbing shared by the four APIs: RFC 9457 problem+json errors, a request-size
-limit, bearer-token auth, request metrics, health and Prometheus endpoints."""
+limit, write-key comparison, request metrics, health and Prometheus endpoints."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import hmac
 import logging
 import time
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -180,23 +179,6 @@ def token_matches(presented: str | None, valid_tokens: list[str]) -> bool:
 def bearer_token(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
-
-
-# Declares the scheme in the OpenAPI documents; the check itself is require_api_token's.
-api_token_scheme = HTTPBearer(auto_error=False, description="One of the service's EMBUDO_API_TOKENS")
-
-
-async def require_api_token(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_token_scheme)]
-) -> None:
-    """Dependency: the request carries one of the service's EMBUDO_API_TOKENS."""
-    presented = credentials.credentials if credentials is not None else None
-    if not token_matches(presented, request.app.state.settings.api_tokens):
-        raise Problem(
-            401,
-            "A valid 'Authorization: Bearer <api token>' header is required.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 class RequestSizeLimit:

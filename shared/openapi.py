@@ -52,6 +52,7 @@ PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
         "Missing or unknown credentials",
         {"WWW-Authenticate": _header("The scheme to authenticate with", {"type": "string"})},
     ),
+    403: ("The API token lacks the scope this request needs (read, write or privacy)", {}),
     404: ("No such resource", {}),
     409: ("The resource's current state refuses the request", {}),
     413: ("Request body (or one event) over the size limit", {}),

@@ -7,12 +7,14 @@ A service's settings class extends `ServiceSettings`; routes get it through the 
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cached_property
 from typing import Annotated, Literal
 
 from fastapi import Request
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.auth import ApiToken, parse_api_tokens
 from shared.rules import CLOCK_SKEW
 
 # Only accepted when EMBUDO_ENV=dev (what `make dev` sets); anywhere else a service
@@ -55,7 +57,8 @@ class ServiceSettings(BaseSettings):
     # forever. An event redelivered after it (a client retrying with a 30-day-old event_id)
     # is applied again: docs/operations.md.
     processed_events_retention_days: float = Field(default=30, ge=0)
-    # Bearer tokens for the service's API, comma-separated (not used by ingest).
+    # Bearer tokens for the service's API (not used by ingest): name:token:scopes entries,
+    # comma-separated, scopes read, write, privacy (shared/auth.py).
     api_tokens: CsvList = []
     # How far ahead of our clock a client's timestamp may be before it is "in the future".
     clock_skew_seconds: float = Field(default=CLOCK_SKEW.total_seconds(), ge=0)
@@ -79,8 +82,13 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _dev_api_token(self) -> ServiceSettings:
         if not self.api_tokens and self.env == "dev":
-            self.api_tokens = [DEV_API_TOKEN]
+            self.api_tokens = [f"dev:{DEV_API_TOKEN}:read", "write", "privacy"]
+        parse_api_tokens(self.api_tokens)  # a malformed entry stops start-up here
         return self
+
+    @cached_property
+    def tokens(self) -> tuple[ApiToken, ...]:
+        return parse_api_tokens(self.api_tokens)
 
     def require(self, *names: str) -> None:
         """Fail start-up with one clear message when required settings are empty."""

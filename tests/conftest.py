@@ -130,7 +130,7 @@ async def make_settings(topics: str, new_database, topic_prefix: str):
             "env": "test",
             "kafka_bootstrap_servers": topics,
             "topic_prefix": topic_prefix,
-            "api_tokens": "test-token",
+            "api_tokens": "test:test-token:read,write,privacy",
         }
         if database:
             values["database_url"] = await new_database()

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.app import DbPool
+from shared.auth import require_api_token
 from shared.events import NonBlankText, Text, Touch, UtcDatetime, normalise_email
-from shared.http import require_api_token
 from shared.openapi import problems
 from shared.pagination import Page, cursor_param, decode_cursor, page_of
 from shared.rules import LeadStage
@@ -21,7 +21,7 @@ from . import service, store
 from .settings import Settings
 
 router = APIRouter(
-    prefix="/v1", tags=["leads"], dependencies=[Depends(require_api_token)], responses=problems(401, 422)
+    prefix="/v1", tags=["leads"], dependencies=[Depends(require_api_token)], responses=problems(401, 403, 422)
 )
 
 # --- bodies and responses --------------------------------------------------------------

@@ -32,9 +32,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.app import DbPool
+from shared.auth import require_api_token
 from shared.errors import InvalidField
 from shared.events import NonBlankText, Text, money_input, utcnow
-from shared.http import require_api_token
 from shared.openapi import problems
 from shared.pagination import Page, cursor_param, decode_cursor
 from shared.settings import DEV_API_TOKEN
@@ -60,7 +60,9 @@ from .settings import MetricsSettings, Settings
 
 STATIC = Path(__file__).parent / "static"
 
-router = APIRouter(prefix="/v1", tags=["kpis"], dependencies=[Depends(require_api_token)], responses=problems(401, 422))
+router = APIRouter(
+    prefix="/v1", tags=["kpis"], dependencies=[Depends(require_api_token)], responses=problems(401, 403, 422)
+)
 
 # A date (that day's UTC midnight) or a date-time with an offset; `from` earlier than `to`.
 _INSTANT = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
@@ -576,9 +578,10 @@ async def list_overdue_handoffs(
 
 def install_dashboard(app: FastAPI, settings: MetricsSettings) -> None:
     """GET / (the page, no token needed to load it) and /static (its scripts, chart.js included)."""
+    dev_token = settings.env == "dev" and any(t.secret == DEV_API_TOKEN for t in settings.tokens)
     config = {
         # Only `make dev` (EMBUDO_ENV=dev, dev token accepted) pre-fills the token; elsewhere the page asks.
-        "token": DEV_API_TOKEN if settings.env == "dev" and DEV_API_TOKEN in settings.api_tokens else "",
+        "token": DEV_API_TOKEN if dev_token else "",
         "pollSeconds": settings.dashboard_poll_seconds,
     }
     page = (STATIC / "index.html").read_text().replace("{{CONFIG}}", json.dumps(config).replace("<", "\\u003c"))

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.app import DbPool
+from shared.auth import require_api_token
 from shared.errors import InvalidField
 from shared.events import Amount, CurrencyCode, IsoDate, NonBlankText, Text, UtcDatetime, money_input, utcnow
-from shared.http import require_api_token
 from shared.openapi import problems
 from shared.pagination import Page, cursor_param, decode_cursor, page_of
 from shared.rules import (
@@ -32,7 +32,7 @@ from .domain import probability
 from .settings import SalesSettings, Settings
 
 router = APIRouter(
-    prefix="/v1", tags=["sales"], dependencies=[Depends(require_api_token)], responses=problems(401, 422)
+    prefix="/v1", tags=["sales"], dependencies=[Depends(require_api_token)], responses=problems(401, 403, 422)
 )
 DealCursor = cursor_param(int)  # deals page on seq, the order sales recorded them
 
