@@ -6,20 +6,13 @@ from functools import partial
 
 from shared.consumer import Handlers
 from shared.events import (
-    CustomerRevenueRecorded,
-    DealAccepted,
-    DealCreated,
-    DealDetailsChanged,
-    DealLost,
-    DealObjectionsRecorded,
     DealRejected,
-    DealStageChanged,
-    DealWon,
     Envelope,
     EventData,
     FormSubmission,
     PageView,
 )
+from shared.topics import DEAL_EVENTS
 from shared.uow import UnitOfWork
 
 from . import service
@@ -45,16 +38,7 @@ async def on_deal_rejected(event: Envelope[DealRejected], uow: UnitOfWork) -> No
 
 
 # Of sales' deal events leads needs only the rejected handoff, which returns a lead to it.
-IGNORED: tuple[type[EventData], ...] = (
-    DealCreated,
-    DealDetailsChanged,
-    DealAccepted,
-    DealObjectionsRecorded,
-    DealStageChanged,
-    DealWon,
-    DealLost,
-    CustomerRevenueRecorded,
-)
+IGNORED: tuple[type[EventData], ...] = tuple(t for t in DEAL_EVENTS.event_types if t is not DealRejected)
 
 
 def build_handlers(rules: ScoringRules, mql_threshold: int | None) -> Handlers:

@@ -42,6 +42,7 @@ from shared.settings import DEV_API_TOKEN
 from . import service, store
 from .domain import (
     MONEY_METRICS,
+    TIME_ZONES,
     AttributionModel,
     BreakdownBy,
     Filters,
@@ -55,6 +56,7 @@ from .domain import (
     etag_matches,
     parse_instant,
     resolve_period,
+    time_zone,
 )
 from .settings import MetricsSettings, Settings
 
@@ -77,7 +79,18 @@ From = Annotated[
 To = Annotated[
     str | None,
     Query(
-        description="exclusive; RFC 3339 date or date-time (default: the end of today, UTC)", json_schema_extra=_INSTANT
+        description="exclusive; RFC 3339 date or date-time (default: the end of today in `tz`)",
+        json_schema_extra=_INSTANT,
+    ),
+]
+Tz = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="IANA time zone (default EMBUDO_TIMEZONE, UTC unless set): a date means local midnight there, "
+        "buckets are its local days, ISO weeks (Monday) and calendar months, and answers carry its offsets",
+        examples=["Europe/Madrid"],
+        json_schema_extra={"enum": sorted(TIME_ZONES)},  # the zones of the tz database the service runs with
     ),
 ]
 
@@ -290,8 +303,8 @@ def time_key(clock: service.Clock, end: datetime) -> datetime | None:
     return clock.now if clock.now < end + clock.sla else None
 
 
-def period_of(from_: str | None, to: str | None, now: datetime) -> Period:
-    return resolve_period(from_, to, now)
+def period_of(from_: str | None, to: str | None, tz: str | None, now: datetime, settings: MetricsSettings) -> Period:
+    return resolve_period(from_, to, now, time_zone(tz if tz is not None else settings.timezone))
 
 
 async def conditional_get(
@@ -318,11 +331,12 @@ async def conditional_get(
 
 @router.get("/kpis", responses=answers(KpiReport))
 async def get_kpis(
-    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None,
+    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None, tz: Tz = None,
     campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """Every KPI for one period (docs/kpis.md has the definitions)."""
-    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
+    period, filters = period_of(from_, to, tz, now, settings), Filters(campaign_id, channel)
+    clock = clock_of(now, settings)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
         return await service.kpi_report(conn, state, period, filters, attribution, settings.currency, clock)
@@ -332,13 +346,14 @@ async def get_kpis(
 
 @router.get("/kpis/timeseries", responses=answers(Timeseries))
 async def get_timeseries(
-    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None,
+    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None, tz: Tz = None,
     interval: Interval = "day", campaign_id: CampaignId = None, channel: Channel = None,
     attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """One KPI object per bucket: `from` + n intervals, the last bucket ending at `to`."""
-    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
-    buckets = bucket_periods(period, interval, settings.max_timeseries_buckets)
+    period, filters = period_of(from_, to, tz, now, settings), Filters(campaign_id, channel)
+    clock = clock_of(now, settings)
+    buckets = bucket_periods(period, interval, settings.max_timeseries_buckets, period.zone)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
         return await service.timeseries_report(
@@ -352,11 +367,12 @@ async def get_timeseries(
 @router.get("/kpis/breakdown", responses=answers(Breakdown))
 async def get_breakdown(
     request: Request, pool: DbPool, settings: Settings, now: Now, by: Annotated[BreakdownBy, Query()],
-    from_: From = None, to: To = None, campaign_id: CampaignId = None, channel: Channel = None,
+    from_: From = None, to: To = None, tz: Tz = None, campaign_id: CampaignId = None, channel: Channel = None,
     attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """One row of KPIs per campaign or channel; leads without one (unattributed) under null."""
-    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
+    period, filters = period_of(from_, to, tz, now, settings), Filters(campaign_id, channel)
+    clock = clock_of(now, settings)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
         return await service.breakdown_report(conn, state, period, by, filters, attribution, settings.currency, clock)
@@ -367,13 +383,14 @@ async def get_breakdown(
 
 @router.get("/feedback", responses=answers(Feedback))
 async def get_feedback(
-    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None,
+    request: Request, pool: DbPool, settings: Settings, now: Now, from_: From = None, to: To = None, tz: Tz = None,
     campaign_id: CampaignId = None, channel: Channel = None, attribution: Attribution = "first_touch",
 ) -> Response:  # fmt: skip
     """What sales tells marketing: the lost reasons and objections of the deals lost in the
     period, the reasons of the handoffs rejected and of the leads disqualified in it, in total
     and by campaign; the objections of the deals lost, won and open, by vocabulary key."""
-    period, filters, clock = period_of(from_, to, now), Filters(campaign_id, channel), clock_of(now, settings)
+    period, filters = period_of(from_, to, tz, now, settings), Filters(campaign_id, channel)
+    clock = clock_of(now, settings)
 
     async def compute(conn: asyncpg.Connection, state: store.ProjectionState) -> dict[str, Any]:
         return await service.feedback_report(conn, state, period, filters, attribution, clock)

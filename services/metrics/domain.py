@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -80,6 +80,12 @@ def parse_instant(text: str, field: str, zone: ZoneInfo = UTC_ZONE) -> datetime:
 class Period:
     start: datetime  # inclusive
     end: datetime  # exclusive
+    # Where the question was asked: answers show its offsets. Not part of equality (the same
+    # instants are the same period), but of repr, and so of the ETag.
+    zone: ZoneInfo = field(default=UTC_ZONE, compare=False)
+
+    def local(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.zone)
 
 
 def resolve_period(from_text: str | None, to_text: str | None, now: datetime, zone: ZoneInfo = UTC_ZONE) -> Period:
@@ -93,7 +99,7 @@ def resolve_period(from_text: str | None, to_text: str | None, now: datetime, zo
         raise InvalidQuery("to", "out of range") from None
     # `from` at or after `to` is an empty period: it holds nothing, so every count is 0 (and a
     # timeseries has no bucket), like any filter that matches nothing.
-    return Period(start, max(start, end))
+    return Period(start, max(start, end), zone)
 
 
 def _end_of_day(now: datetime, zone: ZoneInfo) -> datetime:
@@ -136,7 +142,7 @@ def bucket_periods(period: Period, interval: Interval, max_buckets: int, zone: Z
         except (OverflowError, ValueError):  # past year 9999: the period's end closes it
             pass
         bounds.append(period.end)
-    return [Period(start, end) for start, end in itertools.pairwise(bounds)]
+    return [Period(start, end, zone) for start, end in itertools.pairwise(bounds)]
 
 
 def cut_hours(buckets: list[Period]) -> list[datetime]:

@@ -48,8 +48,8 @@ def iso(moment: datetime | None) -> str | None:
 
 def header(period: Period, filters: Filters, attribution: str, currency: str) -> dict[str, Any]:
     return {
-        "from": iso(period.start),
-        "to": iso(period.end),
+        "from": iso(period.local(period.start)),
+        "to": iso(period.local(period.end)),
         "currency": currency,
         "filters": filters.as_dict(),
         "attribution": attribution,
@@ -160,8 +160,8 @@ async def feedback_report(
         key=lambda c: (-lost.get(c, 0), -count(c, "rejections"), -count(c, "disqualifications"), c is None, c or ""),
     )
     return {
-        "from": iso(period.start),
-        "to": iso(period.end),
+        "from": iso(period.local(period.start)),
+        "to": iso(period.local(period.end)),
         "filters": filters.as_dict(),
         "attribution": attribution,
         "deals_lost": sum(lost.values()),

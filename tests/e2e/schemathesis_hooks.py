@@ -36,19 +36,20 @@ def filter_query(ctx, query):
     malformed value is kept, for the API to refuse."""
     if not query or not ({"from", "to"} & set(query)):
         return True
-    from services.metrics.domain import InvalidQuery, bucket_periods, parse_instant, resolve_period
+    from services.metrics.domain import InvalidQuery, bucket_periods, parse_instant, resolve_period, time_zone
     from services.metrics.settings import MetricsSettings
 
     try:
+        zone = time_zone(query.get("tz", "UTC"))
         for name in ("from", "to"):
             if name in query:
-                parse_instant(query[name], name)
+                parse_instant(query[name], name, zone)
     except (InvalidQuery, TypeError, AttributeError):
         return True
     try:
-        period = resolve_period(query.get("from"), query.get("to"), datetime.now(UTC))
+        period = resolve_period(query.get("from"), query.get("to"), datetime.now(UTC), zone)
         if ctx.operation.path.endswith("/timeseries") and query.get("interval", "day") in ("day", "week", "month"):
-            bucket_periods(period, query.get("interval", "day"), MetricsSettings().max_timeseries_buckets)
+            bucket_periods(period, query.get("interval", "day"), MetricsSettings().max_timeseries_buckets, zone)
     except InvalidQuery:
         return False
     return True

@@ -227,6 +227,25 @@ async def test_timeseries_buckets_add_up(march):
     assert [b["leads_generated"] for b in monthly["buckets"]] == [1, 8, 1]
 
 
+async def test_a_madrid_march_is_local_march(march):
+    # Madrid is +01:00 until March 30, 2025, +02:00 after: its March is Feb 28 23:00Z → Mar 31 22:00Z.
+    body = await march.kpis(**MARCH, tz="Europe/Madrid")
+    assert (body["from"], body["to"]) == ("2025-03-01T00:00:00+01:00", "2025-04-01T00:00:00+02:00")
+    assert body["leads_generated"] == 7  # L6 (Mar 31 23:59:59Z) is created on April 1 in Madrid
+    assert body["spend"] == "450.00"  # the 50.00 of Feb 28 23:59:59Z is spent on March 1 there
+    assert body["clicks"] == 57  # the 5 of Apr 1 00:00Z fall on Apr 1 in Madrid too
+
+    weeks = (await march.kpis("/v1/kpis/timeseries", **MARCH, tz="Europe/Madrid", interval="week"))["buckets"]
+    assert [(b["from"], b["to"]) for b in weeks][-2:] == [
+        ("2025-03-24T00:00:00+01:00", "2025-03-31T00:00:00+02:00"),  # 167 hours: the DST change is in it
+        ("2025-03-31T00:00:00+02:00", "2025-04-01T00:00:00+02:00"),
+    ]
+    assert sum(b["leads_generated"] for b in weeks) == 7 and weeks[0]["spend"] == "50.00"  # Sat Mar 1 – Sun Mar 2
+
+    default_zone = await march.kpis(**MARCH)
+    assert default_zone["from"] == "2025-03-01T00:00:00Z" and default_zone["leads_generated"] == 8
+
+
 async def test_breakdown_by_campaign_and_channel(march):
     body = await march.kpis("/v1/kpis/breakdown", by="campaign", **MARCH)
     rows = {row["campaign_id"]: row for row in body["rows"]}
@@ -322,6 +341,8 @@ INVALID = [
     ("/v1/kpis/breakdown", {}, "by"),
     ("/v1/kpis/breakdown", {"by": "source"}, "by"),
     ("/v1/feedback", {"from": "2025-03-01T00:00:00+25:00"}, "from"),
+    ("/v1/kpis", {"tz": "Europe/Atlantis"}, "tz"),
+    ("/v1/kpis/timeseries", {"tz": "localtime"}, "tz"),  # the machine's zone is no place's name
 ]
 
 

@@ -136,6 +136,26 @@ async def test_dashboard_shows_the_api_numbers_and_updates_after_new_events(make
         assert all(status in (200, 304) for _, status in statuses), statuses
 
 
+async def test_dashboard_asks_in_the_browsers_time_zone_until_another_is_picked(make_settings, topic_prefix, browser):
+    async with running_metrics(make_settings, topic_prefix, http=True, dashboard_poll_seconds=0.5) as metrics:
+        context = await browser.new_context(timezone_id="Europe/Madrid")
+        page = await context.new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/v1/kpis?" in r.url else None)
+        await page.goto(str(metrics.client.base_url.join("/")))
+        await page.fill("#token", TOKEN)
+        await page.click("#save-token")
+        await expect(page.locator("#tz")).to_have_value("Europe/Madrid")
+
+        async def asked_in(zone: str) -> bool:
+            return any(f"tz={zone.replace('/', '%2F')}" in url for url in asked)
+
+        await eventually(lambda: asked_in("Europe/Madrid"), timeout=10)
+        await page.select_option("#tz", "America/New_York")
+        await eventually(lambda: asked_in("America/New_York"), timeout=10)
+        await context.close()
+
+
 def goal_text(goal: dict) -> str:
     """How dashboard.js captions a goal's progress bar."""
 

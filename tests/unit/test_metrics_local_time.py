@@ -147,3 +147,13 @@ def test_the_bucket_limit_counts_local_buckets():
     # One partial day more than 366 whole ones is too many as well.
     with pytest.raises(InvalidQuery):
         bucket_periods(Period(utc(2023, 12, 31, 12), parse_instant("2025-01-01", "to", MADRID)), "day", 366, MADRID)
+
+
+def test_embudo_timezone_must_name_a_zone():
+    from pydantic import ValidationError
+
+    from services.metrics.settings import MetricsSettings
+
+    assert MetricsSettings(timezone="Europe/Madrid").timezone == "Europe/Madrid"
+    with pytest.raises(ValidationError, match="unknown IANA time zone"):
+        MetricsSettings(timezone="Europe/Atlantis")

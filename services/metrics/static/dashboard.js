@@ -50,7 +50,7 @@ function query(extra = {}) {
   const params = new URLSearchParams();
   const values = {
     from: $("from").value, to: $("to").value, campaign_id: $("campaign").value,
-    channel: $("channel").value, attribution: $("attribution").value, ...extra,
+    channel: $("channel").value, attribution: $("attribution").value, tz: $("tz").value, ...extra,
   };
   for (const [name, value] of Object.entries(values)) if (value) params.set(name, value);
   return params.toString();
@@ -310,8 +310,17 @@ async function poll() {
   if (mine === generation) pollTimer = setTimeout(poll, config.pollSeconds * 1000);
 }
 
+// Dates, days, weeks and months are the chosen zone's; it starts as the browser's own.
+function fillTimeZones() {
+  const own = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const zones = new Set(Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : []);
+  zones.add(own).add("UTC");
+  for (const zone of [...zones].sort()) $("tz").add(new Option(zone, zone, false, zone === own));
+}
+
 function start() {
   charts = makeCharts();
+  fillTimeZones();
   $("token").value = token;
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -320,7 +329,7 @@ function start() {
     cache.clear();
     poll();
   });
-  for (const id of ["from", "to", "campaign", "channel", "attribution", "interval"]) {
+  for (const id of ["from", "to", "campaign", "channel", "attribution", "tz", "interval"]) {
     $(id).addEventListener("change", poll);
   }
   poll();
